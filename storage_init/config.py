@@ -1,0 +1,105 @@
+"""/etc/initoverlayfs.conf: the upstream `key value` format, parsed without touching the system.
+
+The file is shared with the installer, so its keys are accepted here and ignored. A key this
+program does not know is a warning naming the line; a known key with an unusable value is a
+`ConfigError`, because guessing where /boot is would be worse than saying so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .devspec import DeviceSpec, SpecError, parse_spec
+
+CONFIG_PATH = "/etc/initoverlayfs.conf"
+DEFAULT_SUBSYSTEMS = ("module", "block", "virtio", "pci", "nvme", "scsi")
+INSTALLER_KEYS = frozenset(
+    {"initoverlayfs_builder", "initrd_builder", "erofs_compression", "initoverlayfs_init"}
+)
+_SUBSYSTEM = re.compile(r"[A-Za-z0-9_.:-]+")
+_FSTYPE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class ConfigError(ValueError):
+    """A config line that cannot be used; the message names the line and the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    bootfs: DeviceSpec | None = None
+    bootfs_hint: str | None = None
+    bootfstype: str | None = None
+    fs: str | None = None
+    fstype: str | None = None
+    udev_trigger: tuple[str, ...] | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def parse_subsystems(value: str) -> tuple[str, ...]:
+    """Subsystems to trigger: a plain list, or upstream's whole `udevadm trigger ...` command."""
+    words = value.replace(",", " ").split()
+    if words and words[0].endswith("udevadm"):
+        words = [w.split("=", 1)[1] for w in words if w.startswith("--subsystem-match=")]
+    bad = [w for w in words if not _SUBSYSTEM.fullmatch(w)]
+    if bad or not words:
+        raise ValueError(f"not a list of subsystem names: {value!r}")
+    return tuple(dict.fromkeys(words))
+
+
+def parse_fstype(value: str) -> str:
+    if not _FSTYPE.fullmatch(value):
+        raise ValueError(f"not a filesystem type: {value!r}")
+    return value
+
+
+def parse_image_path(value: str) -> str:
+    """The image path inside the bootfs; always absolute so it can be joined under /boot."""
+    if "\0" in value or not value.strip("/"):
+        raise ValueError(f"not a file path: {value!r}")
+    return "/" + value.lstrip("/")
+
+
+def parse_config(text: str) -> Config:
+    values: dict[str, object] = {}
+    warnings: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if "\t" in key:
+            key, _, rest = key.partition("\t")
+            value = rest + " " + value
+        value = value.strip()
+        where = f"line {number} ({key})"
+        if key in INSTALLER_KEYS:
+            continue
+        if key not in _PARSERS:
+            warnings.append(f"line {number}: unknown key {key!r} ignored")
+            continue
+        if not value:
+            raise ConfigError(f"{where}: no value")
+        if key in values:
+            warnings.append(f"line {number}: {key} given again; the last one wins")
+        try:
+            values[key] = _PARSERS[key](value)
+        except (ValueError, SpecError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return Config(**values, warnings=tuple(warnings))  # type: ignore[arg-type]
+
+
+def _hint(value: str) -> str:
+    if not value.startswith("/dev/"):
+        raise ValueError(f"bootfs_hint must be a /dev path, got {value!r}")
+    return value
+
+
+_PARSERS = {
+    "bootfs": parse_spec,
+    "bootfs_hint": _hint,
+    "bootfstype": parse_fstype,
+    "fs": parse_image_path,
+    "fstype": parse_fstype,
+    "udev_trigger": parse_subsystems,
+}

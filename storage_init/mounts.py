@@ -1,0 +1,45 @@
+"""/proc/self/mountinfo, parsed; used to tell mount points from plain directories."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    device: str  # major:minor
+    root: str
+    target: str
+    fstype: str
+    source: str
+    options: str
+
+
+def _unescape(field: str) -> str:
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    entries = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(tail) < 2:
+            continue
+        try:
+            mount_id, parent_id = int(fields[0]), int(fields[1])
+        except ValueError:
+            continue
+        entries.append(MountEntry(mount_id, parent_id, fields[2], _unescape(fields[3]),
+                                  _unescape(fields[4]), tail[0], _unescape(tail[1]),
+                                  " ".join(tail[2:])))
+    return entries
+
+
+def mount_points(text: str) -> set[str]:
+    return {entry.target for entry in parse_mountinfo(text)}

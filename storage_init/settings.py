@@ -1,0 +1,104 @@
+"""What this boot will do: the config file overridden by the kernel command line.
+
+`resolve` is pure. A bad value of an optional argument (a timeout that is not a number, an
+unknown emergency action) is a warning and the default applies, because refusing to boot over
+it would be worse; a bad or missing bootfs is an error, because nothing can be found without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .cmdline import Param, flag, last_value
+from .config import Config, ConfigError, parse_fstype, parse_image_path
+from .devspec import DeviceSpec, SpecError, parse_spec
+
+DEFAULT_TIMEOUT = 30.0
+EMERGENCY_ACTIONS = ("reboot", "poweroff", "halt")
+NEW_ROOT = "/initoverlayfs"
+SCRATCH = "/run/initoverlayfs"  # tmpfs for upper/work/lower; moves into the new root with /run
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootfs: DeviceSpec
+    bootfs_hint: str | None
+    bootfstype: str | None  # None: use what the superblock says
+    image: str  # path of the image inside the bootfs
+    fstype: str
+    subsystems: tuple[str, ...]
+    timeout: float
+    init: str | None
+    debug: bool
+    shell: bool
+    emergency: str
+    kver: str
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def image_path(self) -> str:
+        return "/boot" + self.image
+
+
+def resolve(config: Config, params: tuple[Param, ...], kver: str,
+            default_subsystems: tuple[str, ...]) -> Settings:
+    warnings = list(config.warnings)
+
+    def arg(name: str) -> str | None:
+        return last_value(params, "rd.initoverlayfs." + name)
+
+    bootfs = config.bootfs
+    if (value := arg("bootfs")) is not None:
+        try:
+            bootfs = parse_spec(value)
+        except SpecError as exc:
+            raise ConfigError(f"rd.initoverlayfs.bootfs=: {exc}") from None
+    if bootfs is None:
+        raise ConfigError(
+            "no bootfs configured: set `bootfs UUID=...` in /etc/initoverlayfs.conf "
+            "or rd.initoverlayfs.bootfs= on the kernel command line"
+        )
+
+    def checked(name: str, parse: Callable[[str], str], current: str | None) -> str | None:
+        value = arg(name)
+        if value is None:
+            return current
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"rd.initoverlayfs.{name}=: {exc}") from None
+
+    timeout = DEFAULT_TIMEOUT
+    if (value := arg("timeout")) is not None:
+        try:
+            timeout = float(value)
+            if not 0 < timeout < 1e6:
+                raise ValueError
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT
+            warnings.append(f"rd.initoverlayfs.timeout={value!r} is not a positive number of "
+                            f"seconds; using {DEFAULT_TIMEOUT:g}")
+
+    emergency = last_value(params, "rd.emergency") or "reboot"
+    if emergency not in EMERGENCY_ACTIONS:
+        warnings.append(f"rd.emergency={emergency!r} is not one of {', '.join(EMERGENCY_ACTIONS)}"
+                        "; using reboot")
+        emergency = "reboot"
+
+    init = arg("init") or last_value(params, "init") or None
+    return Settings(
+        bootfs=bootfs,
+        bootfs_hint=config.bootfs_hint,
+        bootfstype=checked("bootfstype", parse_fstype, config.bootfstype),
+        image=checked("fs", parse_image_path, config.fs) or f"/initoverlayfs-{kver}.img",
+        fstype=checked("fstype", parse_fstype, config.fstype) or "erofs",
+        subsystems=config.udev_trigger or default_subsystems,
+        timeout=timeout,
+        init=init,
+        debug=bool(flag(params, "rd.initoverlayfs.debug")),
+        shell=bool(flag(params, "rd.shell")),
+        emergency=emergency,
+        kver=kver,
+        warnings=tuple(warnings),
+    )
