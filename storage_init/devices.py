@@ -1,0 +1,235 @@
+"""Find the bootfs: probe block devices as they appear, driven by kernel uevents, bounded.
+
+Block devices are found in /sys/block (disks, and their partitions as subdirectories) and
+probed through their devtmpfs nodes: filesystem UUID/LABEL from the superblock, PARTUUID and
+PARTLABEL from the disk's partition table. When udevd runs (--systemd mode) its
+/dev/disk/by-* links are used first. Uevents do two jobs while waiting: a MODALIAS means a
+driver to load, a block add/change means something new to probe.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .devspec import DeviceSpec
+from .errors import BootError
+from .modules import Loader
+from .probe import Filesystem, Partition, probe_filesystem, probe_partitions
+from .uevent import parse_uevent
+
+BOOTFS_HINT = ("bootfs in /etc/initoverlayfs.conf or rd.initoverlayfs.bootfs=, "
+               "rd.initoverlayfs.timeout=, and that the disk's driver is in the initramfs")
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    name: str
+    node: str
+    fs: Filesystem | None
+    partition: Partition | None
+
+    def describe(self) -> str:
+        ids = []
+        if self.fs:
+            ids.append(self.fs.fstype)
+            ids += [f"{k}={v}" for k, v in (("UUID", self.fs.uuid), ("LABEL", self.fs.label)) if v]
+        else:
+            ids.append("no filesystem")
+        if self.partition:
+            ids.append(f"PARTUUID={self.partition.partuuid}")
+            if self.partition.partlabel:
+                ids.append(f"PARTLABEL={self.partition.partlabel}")
+        return f"{self.name} ({' '.join(ids)})"
+
+    def matches(self, spec: DeviceSpec) -> bool:
+        if spec.kind == "PATH":
+            return spec.value == self.node
+        fs, part = self.fs, self.partition
+        return spec.matches(fs.uuid if fs else None, fs.label if fs else None,
+                            part.partuuid if part else None, part.partlabel if part else None)
+
+
+class _Kernel(Protocol):
+    def open(self, path: str, flags: int) -> int: ...
+    def close(self, fd: int) -> None: ...
+    def pread(self, fd: int, offset: int, length: int) -> bytes: ...
+    def read_file(self, path: str) -> bytes: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def exists(self, path: str) -> bool: ...
+    def realpath(self, path: str) -> str: ...
+    def monotonic(self) -> float: ...
+    def uevent_recv(self, sock: socket.socket, timeout: float) -> bytes | None: ...
+
+
+class _Log(Protocol):
+    def info(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def debug(self, message: str) -> None: ...
+
+
+class Finder:
+    def __init__(self, kernel: _Kernel, log: _Log, loader: Loader, spec: DeviceSpec,
+                 sysfs: str = "/sys", dev: str = "/dev") -> None:
+        self.kernel, self.log, self.loader, self.spec = kernel, log, loader, spec
+        self.sysfs, self.dev = sysfs, dev
+        self.seen: dict[str, BlockDevice] = {}
+        self._tables: dict[str, dict[int, Partition]] = {}
+
+    # --- probing --------------------------------------------------------------------------
+
+    def _read_text(self, path: str) -> str:
+        try:
+            return self.kernel.read_file(path).decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def _with_device(self, name: str, use: Callable[[Callable[[int, int], bytes]], object]
+                     ) -> object:
+        try:
+            fd = self.kernel.open(f"{self.dev}/{name}", os.O_RDONLY)
+        except OSError as exc:  # no medium, node not made yet, ...: nothing to see there
+            self.log.debug(f"cannot open {self.dev}/{name}: {exc.strerror}")
+            return None
+        try:
+            return use(lambda offset, length: self.kernel.pread(fd, offset, length))
+        except OSError as exc:
+            self.log.debug(f"cannot read {self.dev}/{name}: {exc.strerror}")
+            return None
+        finally:
+            self.kernel.close(fd)
+
+    def _partition(self, disk: str, name: str) -> Partition | None:
+        number = self._read_text(f"{self.sysfs}/block/{disk}/{name}/partition")
+        if not number.isdigit():
+            return None
+        if disk not in self._tables:
+            sector = self._read_text(f"{self.sysfs}/block/{disk}/queue/logical_block_size")
+            size = int(sector) if sector.isdigit() else 512
+            table = self._with_device(disk, lambda read: probe_partitions(read, size))
+            self._tables[disk] = table if isinstance(table, dict) else {}
+        return self._tables[disk].get(int(number))
+
+    def probe(self, disk: str, name: str) -> BlockDevice:
+        fs = self._with_device(name, probe_filesystem)
+        part = self._partition(disk, name) if name != disk else None
+        device = BlockDevice(name, f"{self.dev}/{name}",
+                             fs if isinstance(fs, Filesystem) else None, part)
+        self.log.debug(f"probed {device.describe()}")
+        return device
+
+    def block_devices(self) -> list[tuple[str, str]]:
+        """(disk, name) of every block device with media, disks before their partitions."""
+        found = []
+        try:
+            disks = self.kernel.listdir(f"{self.sysfs}/block")
+        except OSError:
+            return []
+        for disk in disks:
+            if self._read_text(f"{self.sysfs}/block/{disk}/size") in ("", "0"):
+                continue  # unbound loop devices, empty drives
+            found.append((disk, disk))
+            try:
+                entries = self.kernel.listdir(f"{self.sysfs}/block/{disk}")
+            except OSError:
+                continue
+            found += [(disk, e) for e in entries
+                      if e.startswith(disk) and self.kernel.exists(
+                          f"{self.sysfs}/block/{disk}/{e}/partition")]
+        return found
+
+    def scan(self) -> BlockDevice | None:
+        # A /dev path, or udevd's by-* link in --systemd mode, names the device directly.
+        link = self.spec.value if self.spec.kind == "PATH" else self.spec.udev_link(self.dev)
+        target = None
+        if link and self.kernel.exists(link):
+            target = self.kernel.realpath(link).rsplit("/", 1)[-1]
+        for disk, name in self.block_devices():
+            if target is not None and name != target:
+                continue
+            if target is not None:
+                self.seen.pop(name, None)
+            if name not in self.seen:
+                self.seen[name] = self.probe(disk, name)
+            if target is not None or self.seen[name].matches(self.spec):
+                return self.seen[name]
+        return None
+
+    def forget(self, name: str) -> None:
+        """A change event: probe this device (and its partition table) again."""
+        self.seen.pop(name, None)
+        self._tables.pop(name, None)
+
+    # --- waiting --------------------------------------------------------------------------
+
+    def try_hint(self, hint: str) -> BlockDevice | None:
+        name = hint.removeprefix(f"{self.dev}/")
+        disk = next((d for d, n in self.block_devices() if n == name), None)
+        if disk is None:
+            self.log.info(f"bootfs_hint {hint} is not there (yet); searching for {self.spec}")
+            return None
+        device = self.probe(disk, name)
+        self.seen[name] = device
+        if device.matches(self.spec):
+            return device
+        self.log.warning(f"bootfs_hint {hint} is {device.describe()}, not {self.spec}; "
+                         "searching all block devices")
+        return None
+
+    def wait(self, sock: socket.socket, timeout: float, hint: str | None,
+             retrigger: Callable[[], None]) -> BlockDevice:
+        started = self.kernel.monotonic()
+        deadline = started + timeout
+        found = self.try_hint(hint) if hint else None
+        while found is None:
+            found = self.scan()
+            if found:
+                break
+            while True:
+                remaining = deadline - self.kernel.monotonic()
+                if remaining <= 0:
+                    raise self._timeout(timeout)
+                try:
+                    message = self.kernel.uevent_recv(sock, remaining)
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    self.log.warning("uevent buffer overflowed; rescanning devices")
+                    self.seen.clear()
+                    self._tables.clear()
+                    retrigger()
+                    break
+                if message is None:
+                    break  # one last scan, then the deadline check above ends it
+                if self._handle(parse_uevent(message)):
+                    break
+        took = self.kernel.monotonic() - started
+        self.log.info(f"found bootfs {self.spec}: {found.describe()} after {took:.3f} s")
+        return found
+
+    def _handle(self, event: dict[str, str]) -> bool:
+        """Act on one uevent; True when a block device appeared or changed."""
+        action = event.get("ACTION")
+        if action not in ("add", "change", "bind"):
+            return False
+        if action == "add" and "MODALIAS" in event:
+            self.loader.load_modalias(event["MODALIAS"])
+        if event.get("SUBSYSTEM") == "block" and action in ("add", "change"):
+            self.forget(event.get("DEVNAME", "").rsplit("/", 1)[-1])
+            return True
+        return False
+
+    def _timeout(self, timeout: float) -> BootError:
+        seen = ", ".join(d.describe() for d in self.seen.values()) or "none"
+        drivers = " ".join(self.loader.loaded) or "none"
+        failed = "".join(f"; module {m} failed: {why}" for m, why in self.loader.failed.items())
+        return BootError(
+            f"find bootfs {self.spec} within {timeout:g} s (block devices seen: {seen}; "
+            f"drivers loaded: {drivers}{failed})",
+            BOOTFS_HINT,
+            OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)),
+        )

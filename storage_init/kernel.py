@@ -1,0 +1,416 @@
+"""The syscall boundary: the only module of storage-init that changes or reads the system.
+
+Every wrapper raises ``OSError(errno, strerror, path)`` so a failure message can always name the
+object it was about, and reports each call to an optional tracer (``rd.initoverlayfs.debug``)
+with its arguments, result and duration. Everything above this module is plain Python that the
+unit tests drive against a recording fake with the same methods.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import select
+import socket
+import stat
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
+
+# <linux/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+MOUNT_FLAG_NAMES = {
+    MS_RDONLY: "MS_RDONLY",
+    MS_NOSUID: "MS_NOSUID",
+    MS_NODEV: "MS_NODEV",
+    MS_NOEXEC: "MS_NOEXEC",
+    MS_MOVE: "MS_MOVE",
+    MS_REC: "MS_REC",
+    MS_PRIVATE: "MS_PRIVATE",
+}
+
+# <linux/module.h>
+MODULE_INIT_COMPRESSED_FILE = 4
+
+# <linux/reboot.h>
+RB_AUTOBOOT = 0x01234567
+RB_HALT_SYSTEM = 0xCDEF0123
+RB_POWER_OFF = 0x4321FEDC
+
+# statfs f_type values of the filesystems an initramfs can live on.
+RAMFS_MAGIC = 0x858458F6
+TMPFS_MAGIC = 0x01021994
+
+NETLINK_KOBJECT_UEVENT = 15
+UEVENT_BUFFER = 16 * 1024 * 1024  # large enough for a coldplug burst; udevd uses 128 MiB
+SO_RCVBUFFORCE = 33
+
+_SYS_FINIT_MODULE = 313  # x86_64
+_SYS_INIT_MODULE = 175
+_SYS_PIVOT_ROOT = 155
+
+LIBUDEV_SONAME = "libudev.so.1"
+
+Tracer = Callable[[str], None]
+
+
+class _StatFs(ctypes.Structure):
+    _fields_ = [
+        ("f_type", ctypes.c_long),
+        ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_ulong),
+        ("f_bfree", ctypes.c_ulong),
+        ("f_bavail", ctypes.c_ulong),
+        ("f_files", ctypes.c_ulong),
+        ("f_ffree", ctypes.c_ulong),
+        ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long),
+        ("f_frsize", ctypes.c_long),
+        ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+def flag_names(flags: int) -> str:
+    """MS_* flags as names, for logs that a person reads."""
+    names = [name for bit, name in MOUNT_FLAG_NAMES.items() if flags & bit]
+    rest = flags & ~sum(MOUNT_FLAG_NAMES)
+    if rest:
+        names.append(hex(rest))
+    return "|".join(names) or "0"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bytes) and len(value) > 32:
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+class Kernel:
+    """Typed wrappers over the syscalls storage-init makes."""
+
+    def __init__(self, tracer: Tracer | None = None) -> None:
+        self.tracer = tracer
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _trace(self, call: str, started: float, result: object, error: OSError | None) -> None:
+        if self.tracer is None:
+            return
+        took = (time.monotonic() - started) * 1000
+        outcome = f"-> {error.strerror} (errno {error.errno})" if error else f"= {_fmt(result)}"
+        self.tracer(f"{call} {outcome} [{took:.3f} ms]")
+
+    def _libc_call(self, call: str, path: str | None, fn: Callable[[], int]) -> int:
+        started = time.monotonic()
+        result = fn()
+        error = None
+        if result < 0:
+            err = ctypes.get_errno()
+            error = OSError(err, os.strerror(err), path)
+        self._trace(call, started, result, error)
+        if error:
+            raise error
+        return result
+
+    def _os_call(self, call: str, path: str | None, fn: Callable[[], object]) -> object:
+        started = time.monotonic()
+        try:
+            result = fn()
+        except OSError as exc:
+            if exc.filename is None and path is not None:
+                exc = OSError(exc.errno, exc.strerror, path)
+            self._trace(call, started, None, exc)
+            raise exc from None
+        self._trace(call, started, result, None)
+        return result
+
+    # --- mounts ---------------------------------------------------------------------------
+
+    def mount(
+        self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None
+    ) -> None:
+        call = f"mount({source!r}, {target!r}, {fstype!r}, {flag_names(flags)}, {data!r})"
+        self._libc_call(
+            call,
+            target,
+            lambda: self._libc.mount(
+                None if source is None else source.encode(),
+                target.encode(),
+                None if fstype is None else fstype.encode(),
+                ctypes.c_ulong(flags),
+                None if data is None else data.encode(),
+            ),
+        )
+
+    def umount(self, target: str, flags: int = 0) -> None:
+        self._libc_call(
+            f"umount2({target!r}, {flags})",
+            target,
+            lambda: self._libc.umount2(target.encode(), ctypes.c_int(flags)),
+        )
+
+    def chroot(self, path: str) -> None:
+        self._os_call(f"chroot({path!r})", path, lambda: os.chroot(path))
+
+    def chdir(self, path: str) -> None:
+        self._os_call(f"chdir({path!r})", path, lambda: os.chdir(path))
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        self._libc_call(
+            f"pivot_root({new_root!r}, {put_old!r})",
+            new_root,
+            lambda: self._libc.syscall(_SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()),
+        )
+
+    def statfs_type(self, path: str) -> int:
+        buf = _StatFs()
+        self._libc_call(
+            f"statfs({path!r})", path, lambda: self._libc.statfs(path.encode(), ctypes.byref(buf))
+        )
+        return int(buf.f_type)
+
+    # --- files ----------------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        """mkdir that accepts an existing directory (mount points are created idempotently)."""
+        try:
+            self._os_call(f"mkdir({path!r}, {mode:#o})", path, lambda: os.mkdir(path, mode))
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)  # reads are not traced: they would drown the mutations
+
+    def device_of(self, path: str) -> int:
+        return os.stat(path).st_dev
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def is_block_device(self, path: str) -> bool:
+        try:
+            return stat.S_ISBLK(os.stat(path).st_mode)
+        except OSError:
+            return False
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+
+    def realpath(self, path: str) -> str:
+        return os.path.realpath(path)
+
+    def read_file(self, path: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        def write() -> int:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+            try:
+                return os.write(fd, data)
+            finally:
+                os.close(fd)
+
+        self._os_call(f"write({path!r}, {_fmt(data)})", path, write)
+
+    def open(self, path: str, flags: int) -> int:
+        result = self._os_call(
+            f"open({path!r}, {flags:#o})", path, lambda: os.open(path, flags | os.O_CLOEXEC)
+        )
+        assert isinstance(result, int)
+        return result
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def pread(self, fd: int, offset: int, length: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def write_fd(self, fd: int, data: bytes) -> None:
+        os.write(fd, data)
+
+    def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes:
+        import fcntl  # stdlib C module: cheap, and only the loop step needs it
+
+        call = f"ioctl({fd}, {request:#x}, {_fmt(arg)})"
+        result = self._os_call(call, None, lambda: fcntl.ioctl(fd, request, arg))
+        assert isinstance(result, (int, bytes))
+        return result
+
+    def remove_tree_contents(self, dir_fd: int, device: int) -> int:
+        """Delete everything below an open directory without leaving its filesystem.
+
+        Used on the old initramfs after switch root: entries on another device (mount points
+        that were not moved) are left alone, like systemd's rm_rf with REMOVE_PHYSICAL.
+        Returns the number of entries removed; errors on single entries are skipped.
+        """
+        removed = 0
+        for entry in os.scandir(dir_fd):
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_dev != device:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+                    try:
+                        removed += self.remove_tree_contents(sub, device)
+                    finally:
+                        os.close(sub)
+                    os.rmdir(entry.name, dir_fd=dir_fd)
+                else:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                removed += 1
+            except OSError:
+                continue
+        return removed
+
+    # --- modules --------------------------------------------------------------------------
+
+    def finit_module(self, fd: int, params: str, flags: int, path: str) -> None:
+        self._libc_call(
+            f"finit_module({path!r}, {params!r}, {flags})",
+            path,
+            lambda: self._libc.syscall(
+                _SYS_FINIT_MODULE, ctypes.c_int(fd), params.encode(), ctypes.c_int(flags)
+            ),
+        )
+
+    def init_module(self, image: bytes, params: str, path: str) -> None:
+        self._libc_call(
+            f"init_module({path!r}, <{len(image)} bytes>, {params!r})",
+            path,
+            lambda: self._libc.syscall(
+                _SYS_INIT_MODULE, image, ctypes.c_ulong(len(image)), params.encode()
+            ),
+        )
+
+    # --- kernel uevents -------------------------------------------------------------------
+
+    def uevent_open(self) -> socket.socket:
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT
+        )
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UEVENT_BUFFER)
+        except OSError:  # needs CAP_NET_ADMIN; the default buffer still works, just smaller
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UEVENT_BUFFER)
+        sock.bind((0, 1))  # multicast group 1: events straight from the kernel
+        if self.tracer:
+            self.tracer("socket(AF_NETLINK, NETLINK_KOBJECT_UEVENT) bound to group 1")
+        return sock
+
+    def uevent_recv(self, sock: socket.socket, timeout: float) -> bytes | None:
+        """One kernel uevent, or None when `timeout` seconds passed without one.
+
+        Raises OSError(ENOBUFS) when the kernel dropped events because the buffer overflowed;
+        the caller then rescans sysfs instead of trusting the event stream.
+        """
+        ready, _, _ = select.select([sock], [], [], max(timeout, 0.0))
+        if not ready:
+            return None
+        data, sender = sock.recvfrom(65536)
+        if sender[0] != 0:  # only the kernel (port id 0) speaks for devices
+            return b""
+        return data
+
+    # --- udev -----------------------------------------------------------------------------
+
+    def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
+        """sysfs paths of the devices in any of these subsystems, enumerated by pyudev.
+
+        pyudev finds libudev with ctypes.util.find_library, which needs ldconfig or a compiler;
+        an initramfs has neither, so the lookup is pointed at the soname for the one call.
+        """
+        started = time.monotonic()
+        try:
+            import pyudev
+            import pyudev._ctypeslib.utils as ctypes_utils
+
+            find_library = ctypes_utils.find_library
+            ctypes_utils.find_library = lambda name: (
+                LIBUDEV_SONAME if name == "udev" else find_library(name))
+            try:
+                context = pyudev.Context()
+            finally:
+                ctypes_utils.find_library = find_library
+        except ImportError as exc:
+            error = OSError(errno.ENOENT, str(exc), LIBUDEV_SONAME)
+            self._trace("udev_new()", started, None, error)
+            raise error from None
+        enumerator = context.list_devices()
+        for subsystem in subsystems:
+            enumerator.match_subsystem(subsystem)  # several subsystems: any of them matches
+        paths = [str(device.sys_path) for device in enumerator]
+        self._trace(f"udev_enumerate({', '.join(subsystems)})", started, len(paths), None)
+        return paths
+
+    # --- processes ------------------------------------------------------------------------
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def uname_release(self) -> str:
+        return os.uname().release
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def boottime(self) -> float:
+        """Seconds since the kernel started (CLOCK_BOOTTIME): when the boot reached us."""
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def fork(self) -> int:
+        pid = self._os_call("fork()", None, os.fork)
+        assert isinstance(pid, int)
+        return pid
+
+    def waitpid(self, pid: int) -> int:
+        return os.waitpid(pid, 0)[1]
+
+    def exit_child(self, code: int) -> NoReturn:
+        os._exit(code)
+
+    def execve(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        started = time.monotonic()
+        if self.tracer:
+            self.tracer(f"execve({path!r}, {list(argv)!r})")
+        try:
+            os.execve(path, list(argv), dict(env))
+        except OSError as exc:
+            error = OSError(exc.errno, exc.strerror, path)
+            self._trace(f"execve({path!r})", started, None, error)
+            raise error from None
+
+    def reboot(self, how: int) -> None:
+        """Sync and reboot/halt/power off. Returns only if the kernel refused."""
+        os.sync()
+        self._libc_call(f"reboot({how:#x})", None, lambda: self._libc.reboot(ctypes.c_int(how)))
+
+    def pause(self) -> None:
+        """Block this process for good (PID 1 must never return)."""
+        time.sleep(3600)
+
+
+def errno_name(err: int | None) -> str:
+    return errno.errorcode.get(err or 0, str(err))

@@ -1,0 +1,200 @@
+"""Kernel modules loaded in-process: modaliases matched against modules.alias, dependencies
+first from modules.dep, each loaded with finit_module. No modprobe, no udevd.
+
+The parsers are pure and shared with the builder, which computes the same closure to decide
+which modules go into the mini-initramfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+from .kernel import MODULE_INIT_COMPRESSED_FILE
+
+COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
+
+
+def module_name(path_or_name: str) -> str:
+    """`kernel/drivers/block/virtio_blk.ko.xz` or `virtio-blk` -> `virtio_blk`."""
+    base = path_or_name.rsplit("/", 1)[-1]
+    for suffix in (*COMPRESSED_SUFFIXES, ".ko"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ModuleIndex:
+    paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to the dir
+    deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> dependency names
+    aliases: tuple[tuple[str, str], ...] = ()  # (glob pattern, module name)
+    builtin: frozenset[str] = frozenset()
+
+    def resolve(self, wanted: str) -> list[str]:
+        """Module names for a name, a module alias (`fs-ext4`) or a device modalias."""
+        name = module_name(wanted)
+        if name in self.paths or name in self.builtin:
+            return [name]
+        return list(dict.fromkeys(m for pattern, m in self.aliases if fnmatchcase(wanted, pattern)))
+
+    def load_order(self, names: Iterable[str]) -> list[str]:
+        """Loadable modules with every dependency before its user, each once."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen or name not in self.paths:
+                return
+            seen.add(name)
+            for dep in self.deps.get(name, ()):
+                visit(dep)
+            order.append(name)
+
+        for name in names:
+            visit(name)
+        return order
+
+
+def parse_modules_dep(text: str) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    paths: dict[str, str] = {}
+    deps: dict[str, tuple[str, ...]] = {}
+    for line in text.splitlines():
+        path, sep, rest = line.partition(":")
+        if not sep or not path.strip():
+            continue
+        name = module_name(path.strip())
+        paths[name] = path.strip()
+        deps[name] = tuple(module_name(d) for d in rest.split())
+    return paths, deps
+
+
+def parse_modules_alias(text: str) -> tuple[tuple[str, str], ...]:
+    aliases = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias":
+            aliases.append((words[1], module_name(words[2])))
+    return tuple(aliases)
+
+
+def parse_modules_builtin(text: str) -> frozenset[str]:
+    return frozenset(module_name(line.strip()) for line in text.splitlines() if line.strip())
+
+
+def parse_index(dep: str, alias: str, builtin: str) -> ModuleIndex:
+    paths, deps = parse_modules_dep(dep)
+    return ModuleIndex(paths, deps, parse_modules_alias(alias), parse_modules_builtin(builtin))
+
+
+class _Kernel(Protocol):
+    def open(self, path: str, flags: int) -> int: ...
+    def close(self, fd: int) -> None: ...
+    def read_file(self, path: str) -> bytes: ...
+    def finit_module(self, fd: int, params: str, flags: int, path: str) -> None: ...
+    def init_module(self, image: bytes, params: str, path: str) -> None: ...
+
+
+class _Log(Protocol):
+    def info(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def debug(self, message: str) -> None: ...
+
+
+class Loader:
+    """Loads modules once each; remembers what it loaded and what failed, for error messages."""
+
+    def __init__(self, kernel: _Kernel, log: _Log, directory: str, index: ModuleIndex) -> None:
+        self.kernel, self.log, self.directory, self.index = kernel, log, directory, index
+        self.loaded: list[str] = []
+        self.failed: dict[str, str] = {}
+        self._done: set[str] = set()
+        self._seen_aliases: set[str] = set()
+
+    @classmethod
+    def from_directory(cls, kernel: _Kernel, log: _Log, directory: str) -> Loader:
+        def text(name: str) -> str:
+            try:
+                return kernel.read_file(f"{directory}/{name}").decode(errors="replace")
+            except OSError:
+                return ""
+
+        dep = text("modules.dep")
+        if not dep:
+            log.info(f"no {directory}/modules.dep: drivers are expected to be built in")
+        return cls(kernel, log, directory, parse_index(dep, text("modules.alias"),
+                                                       text("modules.builtin")))
+
+    def load(self, wanted: Iterable[str]) -> list[str]:
+        """Load what these names/aliases resolve to; returns the modules newly loaded."""
+        names: list[str] = []
+        for item in wanted:
+            resolved = self.index.resolve(item)
+            if not resolved and item not in self._seen_aliases and ":" not in item:
+                self.log.debug(f"module {item} not found; assuming it is built in")
+            self._seen_aliases.add(item)
+            names.extend(resolved)
+        new = []
+        for name in self.index.load_order(names):
+            if name not in self._done and self._insert(name):
+                new.append(name)
+        return new
+
+    def load_modalias(self, modalias: str) -> list[str]:
+        if modalias in self._seen_aliases:
+            return []
+        return self.load([modalias])
+
+    def _insert(self, name: str) -> bool:
+        self._done.add(name)
+        path = f"{self.directory}/{self.index.paths[name]}"
+        compressed = path.endswith(COMPRESSED_SUFFIXES)
+        try:
+            fd = self.kernel.open(path, os.O_RDONLY)
+            try:
+                flags = MODULE_INIT_COMPRESSED_FILE if compressed else 0
+                self.kernel.finit_module(fd, "", flags, path)
+            finally:
+                self.kernel.close(fd)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return False  # loaded before us (or by udevd in --systemd mode): fine
+            if compressed and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOEXEC):
+                return self._insert_decompressed(name, path)
+            self.failed[name] = exc.strerror or str(exc)
+            self.log.warning(f"Failed to load module {name} ({path}): {exc.strerror}")
+            return False
+        self.loaded.append(name)
+        self.log.debug(f"loaded module {name}")
+        return True
+
+    def _insert_decompressed(self, name: str, path: str) -> bool:
+        """Kernels without in-kernel decompression: unpack here (xz and gzip; zstd is not in
+        the standard library, so the builder stores modules uncompressed)."""
+        data = self.kernel.read_file(path)
+        try:
+            if path.endswith(".xz"):
+                import lzma
+
+                image = lzma.decompress(data)
+            elif path.endswith(".gz"):
+                import gzip
+
+                image = gzip.decompress(data)
+            else:
+                raise ValueError("zstd-compressed module and no in-kernel decompression")
+            self.kernel.init_module(image, "", path)
+        except (OSError, ValueError, EOFError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
+                return False
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self.failed[name] = reason or str(exc)
+            self.log.warning(f"Failed to load module {name} ({path}): {reason}")
+            return False
+        self.loaded.append(name)
+        return True

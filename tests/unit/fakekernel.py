@@ -1,0 +1,294 @@
+"""A recording fake of storage_init.kernel.Kernel: an in-memory machine for the unit tier.
+
+It keeps files, sysfs, block devices and mounts in dicts, advances a virtual clock while
+storage-init waits for uevents, and records every call that changes the system in `calls` so
+tests can assert the exact syscall sequence. Calls that never return on a real machine
+(a successful execve, reboot, pause) raise sentinel exceptions derived from BaseException,
+so that storage-init's own `except Exception` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from storage_init import kernel as real
+from storage_init.loop import LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_SET_STATUS64
+
+IOCTL_NAMES = {
+    LOOP_CTL_GET_FREE: "LOOP_CTL_GET_FREE",
+    LOOP_CONFIGURE: "LOOP_CONFIGURE",
+    LOOP_SET_FD: "LOOP_SET_FD",
+    LOOP_SET_STATUS64: "LOOP_SET_STATUS64",
+}
+
+
+class Executed(BaseException):
+    def __init__(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        super().__init__(path)
+        self.path, self.argv, self.env = path, list(argv), dict(env)
+
+
+class Rebooted(BaseException):
+    def __init__(self, how: int) -> None:
+        super().__init__(hex(how))
+        self.how = how
+
+
+class Paused(BaseException):
+    pass
+
+
+def oserror(code: int, path: str | None = None) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
+@dataclass
+class Event:
+    at: float  # virtual seconds after the fake machine started
+    fields: dict[str, str]
+    then: Callable[[FakeKernel], None] | None = None  # what appears with the event
+
+    def encode(self) -> bytes:
+        head = f"{self.fields.get('ACTION', 'add')}@{self.fields.get('DEVPATH', '/devices/x')}"
+        return b"\0".join([head.encode()] + [f"{k}={v}".encode() for k, v in self.fields.items()])
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeKernel:
+    files: dict[str, bytes] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=lambda: {"/"})
+    links: dict[str, str] = field(default_factory=dict)
+    executables: set[str] = field(default_factory=lambda: {"/sbin/init"})
+    # contents that appear under a mount target when this source is mounted
+    filesystems: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    udev_paths: list[str] = field(default_factory=list)
+    udev_error: OSError | None = None
+    free_loops: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    # errors to raise, by call key, e.g. ("mount", "/boot") or ("ioctl", "LOOP_CONFIGURE")
+    errors: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    root_magic: int = real.RAMFS_MAGIC
+    pid: int = 1
+    release: str = "6.1.0-test"
+    now: float = 0.0
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    mounted: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
+    written: dict[str, list[bytes]] = field(default_factory=dict)
+    tracer: Callable[[str], None] | None = None
+    _fds: dict[int, str] = field(default_factory=dict)
+    _next_fd: int = 10
+
+    # --- helpers for tests ----------------------------------------------------------------
+
+    def add_file(self, path: str, data: bytes = b"") -> None:
+        self.files[path] = data
+        parent = os.path.dirname(path)
+        while parent not in self.dirs:
+            self.dirs.add(parent)
+            parent = os.path.dirname(parent)
+
+    def _raise_if_planned(self, call: str, key: str) -> None:
+        planned = self.errors.get((call, key))
+        if planned:
+            code = planned.pop(0)
+            if code:
+                raise oserror(code, key)
+
+    def recorded(self, *kinds: str) -> list[tuple[Any, ...]]:
+        return [c for c in self.calls if not kinds or c[0] in kinds]
+
+    # --- mounts ---------------------------------------------------------------------------
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int,
+              data: str | None) -> None:
+        self.calls.append(("mount", source, target, fstype, real.flag_names(flags), data))
+        self._raise_if_planned("mount", target)
+        if flags & real.MS_MOVE:
+            assert source is not None
+            self.mounted = [(s, target if t == source else t) for s, t in self.mounted]
+            return
+        if flags & real.MS_PRIVATE:
+            return
+        if target not in self.dirs:
+            raise oserror(errno.ENOENT, target)
+        self.mounted.append((source or "none", target))
+        for rel, data_ in self.filesystems.get(source or "", {}).items():
+            self.add_file(target + rel, data_)
+
+    def umount(self, target: str, flags: int = 0) -> None:
+        self.calls.append(("umount", target, flags))
+        self.mounted = [(s, t) for s, t in self.mounted if t != target]
+
+    def chroot(self, path: str) -> None:
+        self.calls.append(("chroot", path))
+
+    def chdir(self, path: str) -> None:
+        self.calls.append(("chdir", path))
+
+    def statfs_type(self, path: str) -> int:
+        return self.root_magic
+
+    def device_of(self, path: str) -> int:
+        return 1 if path == "/" else 2
+
+    # --- files ----------------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        self.calls.append(("mkdir", path))
+        self._raise_if_planned("mkdir", path)
+        self.dirs.add(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self.files or path in self.dirs or path in self.links
+
+    def listdir(self, path: str) -> list[str]:
+        if path not in self.dirs:
+            raise oserror(errno.ENOENT, path)
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix):].split("/", 1)[0]
+                 for p in (*self.files, *self.dirs, *self.links)
+                 if p.startswith(prefix) and p != prefix}
+        return sorted(names)
+
+    def realpath(self, path: str) -> str:
+        target = self.links.get(path, path)
+        return os.path.normpath(os.path.join(os.path.dirname(path), target))
+
+    def read_file(self, path: str) -> bytes:
+        if path == "/proc/self/mountinfo":
+            lines = [f"{i} 1 0:{i} / {t} rw - fs {s} rw"
+                     for i, (s, t) in enumerate(self.mounted, start=20)]
+            return "\n".join(lines).encode()
+        if path not in self.files:
+            raise oserror(errno.ENOENT, path)
+        return self.files[path]
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.calls.append(("write", path, data))
+        self._raise_if_planned("write", path)
+        self.written.setdefault(path, []).append(data)
+
+    def open(self, path: str, flags: int) -> int:
+        self._raise_if_planned("open", path)
+        if not self.exists(path):
+            raise oserror(errno.ENOENT, path)
+        fd = self._next_fd
+        self._next_fd += 1
+        self._fds[fd] = path
+        if path.startswith("/dev/loop") or not path.startswith(("/dev/", "/sys/")):
+            self.calls.append(("open", path))
+        return fd
+
+    def close(self, fd: int) -> None:
+        path = self._fds.pop(fd)
+        if path.startswith("/dev/loop") and path != "/dev/loop-control":
+            # With autoclear, this close detaches an unmounted device: its place matters.
+            self.calls.append(("close", path))
+
+    def pread(self, fd: int, offset: int, length: int) -> bytes:
+        return self.files[self._fds[fd]][offset:offset + length]
+
+    def write_fd(self, fd: int, data: bytes) -> None:
+        self.written.setdefault(self._fds.get(fd, f"fd{fd}"), []).append(data)
+
+    def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes:
+        name = IOCTL_NAMES.get(request, hex(request))
+        self.calls.append(("ioctl", self._fds[fd], name))
+        self._raise_if_planned("ioctl", name)
+        if request == LOOP_CTL_GET_FREE:
+            number = self.free_loops.pop(0)
+            self.add_file(f"/dev/loop{number}")
+            return number
+        return 0
+
+    def remove_tree_contents(self, dir_fd: int, device: int) -> int:
+        self.calls.append(("remove_tree_contents", device))
+        return 0
+
+    # --- modules --------------------------------------------------------------------------
+
+    def finit_module(self, fd: int, params: str, flags: int, path: str) -> None:
+        self.calls.append(("finit_module", path, flags))
+        self._raise_if_planned("finit_module", path)
+
+    def init_module(self, image: bytes, params: str, path: str) -> None:
+        self.calls.append(("init_module", path, image))
+
+    # --- uevents, udev --------------------------------------------------------------------
+
+    def uevent_open(self) -> FakeSocket:
+        self.calls.append(("uevent_open",))
+        return FakeSocket()
+
+    def uevent_recv(self, sock: object, timeout: float) -> bytes | None:
+        self._raise_if_planned("uevent_recv", "")
+        pending = sorted((e for e in self.events), key=lambda e: e.at)
+        if pending and pending[0].at <= self.now + timeout:
+            event = pending[0]
+            self.events.remove(event)
+            self.now = max(self.now, event.at)
+            if event.then:
+                event.then(self)
+            return event.encode()
+        self.now += timeout
+        return None
+
+    def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
+        self.calls.append(("udev_devices", subsystems))
+        if self.udev_error:
+            raise self.udev_error
+        return list(self.udev_paths)
+
+    # --- processes ------------------------------------------------------------------------
+
+    def getpid(self) -> int:
+        return self.pid
+
+    def uname_release(self) -> str:
+        return self.release
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def boottime(self) -> float:
+        return 1.5 + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.calls.append(("sleep", seconds))
+        self.now += seconds
+
+    def fork(self) -> int:
+        self.calls.append(("fork",))
+        return 4242
+
+    def waitpid(self, pid: int) -> int:
+        self.calls.append(("waitpid", pid))
+        return 0
+
+    def exit_child(self, code: int) -> NoReturn:
+        raise AssertionError("the fake fork only ever returns to the parent")
+
+    def execve(self, path: str, argv: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+        self.calls.append(("execve", path, list(argv)))
+        if path in self.executables:
+            raise Executed(path, argv, env)
+        raise oserror(errno.ENOENT, path)
+
+    def reboot(self, how: int) -> None:
+        self.calls.append(("reboot", how))
+        raise Rebooted(how)
+
+    def pause(self) -> None:
+        raise Paused()

@@ -1,0 +1,119 @@
+"""Module index and load order, loop structures, the real Kernel's error and trace format."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from storage_init.kernel import MS_MOVE, MS_RDONLY, Kernel, flag_names
+from storage_init.log import Log
+from storage_init.loop import LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY, loop_config, loop_info64
+from storage_init.modules import Loader, module_name, parse_index
+
+from .fakekernel import FakeKernel
+
+DEP = """\
+kernel/a.ko: kernel/b.ko kernel/c.ko.xz
+kernel/b.ko: kernel/c.ko.xz
+kernel/c.ko.xz:
+kernel/d-e.ko:
+"""
+ALIAS = "alias pci:v00001AF4d* a\nalias fs-thing d-e\nalias scsi:t-0x00* b\nnot an alias\n"
+
+
+def test_module_names_are_normalised() -> None:
+    assert module_name("kernel/drivers/block/virtio_blk.ko.xz") == "virtio_blk"
+    assert module_name("d-e") == "d_e"
+    assert module_name("nvme.ko.zst") == "nvme"
+
+
+def test_dependencies_load_first_and_once() -> None:
+    index = parse_index(DEP, ALIAS, "kernel/builtin_one.ko\n")
+    assert index.load_order(["a", "b", "a"]) == ["c", "b", "a"]
+    assert index.resolve("pci:v00001AF4d00001001sv0sd0bc01sc00i00") == ["a"]
+    assert index.resolve("fs-thing") == ["d_e"]
+    assert index.resolve("builtin_one") == ["builtin_one"]
+    assert index.load_order(["builtin_one"]) == []
+    assert index.resolve("usb:nothing") == []
+
+
+def test_loader_uses_the_compressed_flag_and_falls_back_to_decompressing() -> None:
+    import lzma
+
+    k = FakeKernel()
+    k.add_file("/m/kernel/c.ko.xz", lzma.compress(b"\x7fELF module"))
+    k.errors[("finit_module", "/m/kernel/c.ko.xz")] = [errno.EINVAL]
+    log = Log(k)
+    loader = Loader(k, log, "/m", parse_index(DEP, ALIAS, ""))
+    assert loader.load(["c"]) == ["c"]
+    assert k.recorded("finit_module", "init_module") == [
+        ("finit_module", "/m/kernel/c.ko.xz", 4),
+        ("init_module", "/m/kernel/c.ko.xz", b"\x7fELF module"),
+    ]
+    assert loader.load(["c"]) == []  # once only
+
+
+def test_loader_reports_a_module_file_that_is_missing() -> None:
+    k = FakeKernel()
+    loader = Loader(k, Log(k), "/m", parse_index(DEP, ALIAS, ""))
+    assert loader.load(["b"]) == []
+    assert set(loader.failed) == {"c", "b"}
+
+
+def test_loop_structures_match_the_kernel_abi() -> None:
+    info = loop_info64("/boot/x.img", LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR)
+    assert len(info) == 232  # sizeof(struct loop_info64) on every Linux architecture
+    assert struct.unpack_from("=I", info, 52)[0] == 5  # lo_flags
+    assert info[56:67] == b"/boot/x.img"
+    config = loop_config(7, "/boot/x.img", LO_FLAGS_READ_ONLY)
+    assert len(config) == 304  # sizeof(struct loop_config)
+    assert struct.unpack_from("=II", config) == (7, 0)
+    assert config[8:240] == loop_info64("/boot/x.img", LO_FLAGS_READ_ONLY)
+    long_name = loop_info64("/" + "x" * 100, 0)
+    assert long_name[56 + 63] == 0  # always NUL-terminated
+
+
+def test_flag_names() -> None:
+    assert flag_names(MS_RDONLY | MS_MOVE) == "MS_RDONLY|MS_MOVE"
+    assert flag_names(0) == "0"
+    assert flag_names(1 << 30) == hex(1 << 30)
+
+
+def test_real_kernel_errors_name_the_path_and_traces_show_results(tmp_path: Path) -> None:
+    lines: list[str] = []
+    k = Kernel(tracer=lines.append)
+    k.mkdir(str(tmp_path / "d"))
+    k.mkdir(str(tmp_path / "d"))  # existing directory: fine
+    assert "mkdir(" in lines[0] and "= None" in lines[0] and " ms]" in lines[0]
+    with pytest.raises(OSError) as info:
+        k.mount("none", str(tmp_path / "missing"), "tmpfs", 0, None)
+    assert info.value.errno in (errno.ENOENT, errno.EPERM)
+    assert info.value.filename == str(tmp_path / "missing")
+    assert "mount('none'" in lines[-1] and "-> " in lines[-1] and "errno" in lines[-1]
+    with pytest.raises(OSError) as info:
+        k.execve(str(tmp_path / "no-init"), ["x"], {})
+    assert info.value.errno == errno.ENOENT and info.value.filename == str(tmp_path / "no-init")
+
+
+def test_real_kernel_removes_a_tree_without_crossing_devices(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("x")
+    (tmp_path / "g").symlink_to("/etc")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = Kernel().remove_tree_contents(fd, os.stat(tmp_path).st_dev)
+    finally:
+        os.close(fd)
+    assert removed == 4 and list(tmp_path.iterdir()) == []
+    assert os.path.isdir("/etc")  # the symlink was removed, not followed
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    (tmp_path / "keep").write_text("x")
+    try:
+        assert Kernel().remove_tree_contents(fd, -1) == 0  # other device: untouched
+    finally:
+        os.close(fd)
+    assert (tmp_path / "keep").exists()
