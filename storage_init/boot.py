@@ -1,0 +1,184 @@
+"""One run of storage-init: its state, the step runner, timings, and the failure path."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn, Protocol
+
+from .cmdline import Param
+from .emergency import Policy, emergency
+from .errors import BootError
+from .log import Log
+from .settings import NEW_ROOT, SCRATCH, Settings
+
+if TYPE_CHECKING:
+    from .devices import BlockDevice
+    from .kernel import Kernel
+    from .modules import Loader
+    from .steps import Step
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things are; tests point these elsewhere, a real boot never does."""
+
+    config: str = "/etc/initoverlayfs.conf"
+    cmdline: str = "/proc/cmdline"
+    sysfs: str = "/sys"
+    dev: str = "/dev"
+    modules: tuple[str, ...] = ("/lib/modules", "/usr/lib/modules")
+    new_root: str = NEW_ROOT
+    scratch: str = SCRATCH
+
+    @property
+    def timings(self) -> str:
+        return f"{self.scratch}/timings.json"
+
+
+class _Console(Protocol):
+    def write_fd(self, fd: int, data: bytes) -> None: ...
+
+
+@dataclass
+class Boot:
+    kernel: Kernel
+    log: Log
+    mode: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    paths: Paths = field(default_factory=Paths)
+    started: float = 0.0  # CLOCK_BOOTTIME when storage-init started
+    params: tuple[Param, ...] = ()
+    settings: Settings | None = None
+    loader: Loader | None = None
+    uevents: socket.socket | None = None
+    bootfs: BlockDevice | None = None
+    loop_device: str | None = None
+    loop_fd: int | None = None  # held open until the image is mounted (autoclear)
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    # --- state set by the steps -----------------------------------------------------------
+
+    def open_log(self) -> None:
+        kernel, log = self.kernel, self.log
+        if self.mode != "rdinit":
+            return  # a service's stderr already goes to the journal
+        try:
+            log.kmsg_fd = kernel.open(f"{self.paths.dev}/kmsg", os.O_WRONLY)
+        except OSError as exc:
+            log.warning(f"cannot open {self.paths.dev}/kmsg ({exc.strerror}); console only")
+        try:
+            printk = kernel.read_file("/proc/sys/kernel/printk").split()
+            log.console_loglevel = int(printk[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        # Like systemd: our lines must not be eaten by the kmsg rate limit.
+        with contextlib.suppress(OSError):
+            kernel.write_file("/proc/sys/kernel/printk_devkmsg", b"on\n")
+
+    def set_params(self, params: tuple[Param, ...]) -> None:
+        self.params = params
+        if any(k == "rd.initoverlayfs.debug" for k, _ in params):
+            self.log.debug_enabled = True
+            self.kernel.tracer = self.log.debug
+
+    def set_settings(self, settings: Settings) -> None:
+        self.settings = settings
+        for warning in settings.warnings:
+            self.log.warning(warning)
+        self.log.info(f"bootfs {settings.bootfs}, image {settings.image} ({settings.fstype}), "
+                      f"timeout {settings.timeout:g} s, kernel {settings.kver}")
+
+    def need_settings(self) -> Settings:
+        if self.settings is None:
+            raise BootError("run a step before the configuration was read", "the step order")
+        return self.settings
+
+    def modules_dir(self) -> str:
+        kver = self.kernel.uname_release()
+        dirs = [f"{base}/{kver}" for base in self.paths.modules]
+        return next((d for d in dirs if self.kernel.exists(f"{d}/modules.dep")), dirs[0])
+
+    # --- timings --------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        total = sum(ms for _, ms in self.timings)
+        steps = ", ".join(f"{name} {ms:.1f}" for name, ms in self.timings)
+        return (f"{len(self.timings)} steps in {total:.1f} ms, started {self.started:.3f} s "
+                f"after kernel start: {steps} (ms)")
+
+    def timings_json(self) -> bytes:
+        report = {
+            "version": 1,
+            "mode": self.mode,
+            "started_boottime_s": round(self.started, 6),
+            "finished_boottime_s": round(self.kernel.boottime(), 6),
+            "steps": [{"name": n, "ms": round(ms, 3)} for n, ms in self.timings],
+            "total_ms": round(sum(ms for _, ms in self.timings), 3),
+            "bootfs": self.bootfs.describe() if self.bootfs else None,
+            "loop_device": self.loop_device,
+            "image": self.settings.image if self.settings else None,
+            "modules_loaded": list(self.loader.loaded) if self.loader else [],
+        }
+        return (json.dumps(report, indent=1) + "\n").encode()
+
+    def finish(self) -> None:
+        """The summary line and the timings file, written just before init takes over."""
+        self.log.info(self.summary())
+        try:
+            self.kernel.write_file(self.paths.timings, self.timings_json())
+        except OSError as exc:
+            self.log.warning(f"cannot write {self.paths.timings}: {exc.strerror}")
+
+    # --- running --------------------------------------------------------------------------
+
+    def plan_values(self) -> dict[str, object]:
+        s = self.settings
+        return {
+            "cmdline": self.paths.cmdline, "config": self.paths.config,
+            "modules": f"{self.paths.modules[0]}/{self.kernel.uname_release()}",
+            "scratch": self.paths.scratch,
+            "new_root": self.paths.new_root, "moves": "/boot /proc /dev /sys /run"
+            if self.mode == "rdinit" else "/boot",
+            "fstype": s.fstype if s else "erofs",
+            "subsystems": " ".join(s.subsystems) if s else "?",
+            "timeout": s.timeout if s else 30.0, "bootfs": s.bootfs if s else "?",
+            "hint": (s.bootfs_hint if s else None) or "none",
+            "bootfstype": (s.bootfstype or "probed type") if s else "?",
+            "image": s.image if s else "?",
+            "init": " then ".join(filter(None, (s.init if s else None, "/sbin/init"))),
+        }
+
+    def run_step(self, step: Step) -> None:
+        started = self.kernel.monotonic()
+        error = None
+        try:
+            step.run(self)
+        except BootError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = str(BootError(step.name, step.hint.format(**self.plan_values()), exc))
+        except Exception as exc:  # a bug must still end in a message, not a kernel panic
+            error = f"{step.name} crashed: {type(exc).__name__}: {exc}"
+        self.timings.append((step.name, (self.kernel.monotonic() - started) * 1000))
+        if error is not None:
+            self.fail(step.name, error)
+
+    def run(self, steps: Sequence[Step], after: Callable[[], None] | None = None) -> None:
+        for step in steps:
+            self.log.debug(f"step {step.name}")
+            self.run_step(step)
+        if after:
+            after()
+
+    def fail(self, step: str, message: str) -> NoReturn:
+        self.log.error(f"{step}: {message}")
+        self.log.info(self.summary())
+        if self.mode != "rdinit":
+            raise SystemExit(1)  # a service: systemd's OnFailure= takes over
+        emergency(self.kernel, self.log, Policy.from_params(self.params), self.env)

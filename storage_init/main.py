@@ -1,0 +1,126 @@
+"""Entry point. As PID 1 (rdinit=) it boots and never returns; otherwise it is a command.
+
+As PID 1, every argument is a kernel command line word that the kernel did not know and
+handed to init; they are passed on to the real init untouched and never change what
+storage-init does (the C original flipped into systemd mode on any argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from . import __version__
+from .boot import Boot, Paths
+from .cmdline import parse_cmdline
+from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
+from .emergency import Policy, emergency
+from .kernel import Kernel
+from .log import Log
+from .settings import resolve
+from .steps import RDINIT, SYSTEMD, steps_for
+
+
+def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
+              paths: Paths | None = None) -> NoReturn:
+    log = Log(kernel)
+    boot = Boot(kernel, log, RDINIT, argv, env, paths or Paths(), started=kernel.boottime())
+    try:
+        boot.run(steps_for(RDINIT))
+        boot.fail("exec-init", "init returned without an error")
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        log.error(f"storage-init crashed: {type(exc).__name__}: {exc}")
+        emergency(kernel, log, Policy.from_params(boot.params), env)
+
+
+def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths) -> int:
+    boot = Boot(kernel, Log(kernel), SYSTEMD, argv, os.environ, paths,
+                started=kernel.boottime())
+    boot.run(steps_for(SYSTEMD), after=boot.finish)
+    return 0
+
+
+def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int:
+    try:
+        text = kernel.read_file(paths.config).decode(errors="replace")
+    except OSError as exc:
+        print(f"storage-init: warning: cannot read {paths.config}: {exc.strerror}",
+              file=sys.stderr)
+        text = ""
+    if cmdline is None:
+        cmdline = kernel.read_file(paths.cmdline).decode(errors="replace")
+    params = parse_cmdline(cmdline)
+    boot = Boot(kernel, Log(kernel), mode, [], {}, paths)
+    try:
+        boot.settings = resolve(parse_config(text), params, kernel.uname_release(),
+                                DEFAULT_SUBSYSTEMS)
+    except ConfigError as exc:
+        print(f"storage-init: {exc}", file=sys.stderr)
+        return 1
+    s, policy = boot.settings, Policy.from_params(params)
+    print(f"storage-init {__version__}: dry run in {mode} mode; nothing is touched")
+    rows = [
+        ("config", paths.config), ("bootfs", str(s.bootfs)),
+        ("bootfs_hint", s.bootfs_hint or "(none)"),
+        ("bootfstype", s.bootfstype or "(from the superblock)"),
+        ("image", s.image_path), ("fstype", s.fstype), ("udev_trigger", " ".join(s.subsystems)),
+        ("timeout", f"{s.timeout:g} s"), ("init", s.init or "/sbin/init"),
+        ("debug", "on" if s.debug else "off"),
+        ("on failure", f"rd.shell={'yes' if policy.shell else 'no'}, "
+                       f"rd.emergency={policy.action}"),
+    ]
+    for key, value in rows:
+        print(f"  {key:<13} {value}")
+    for warning in s.warnings:
+        print(f"  warning: {warning}")
+    print("plan:")
+    values = boot.plan_values()
+    for number, step in enumerate(steps_for(mode), start=1):
+        print(f"  {number:2}. {step.name:<14} {step.plan.format(**values)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="storage-init",
+        description="Early-boot storage shim of initoverlayfs. Run by the kernel as PID 1 "
+        "(rdinit=/init) it finds /boot, mounts the EROFS image from it under a tmpfs-backed "
+        "overlay, switches root and executes init. Run by hand it can only show its plan.",
+        epilog="Kernel command line: rd.initoverlayfs.bootfs= .bootfstype= .fs= .fstype= "
+        ".timeout= .init= .debug, init=, rd.shell, rd.emergency=reboot|poweroff|halt.",
+    )
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved configuration and the plan of steps, then exit")
+    p.add_argument("--systemd", action="store_true",
+                   help="run as a systemd service in the mini-initramfs (udevd already up): "
+                   "the same steps without the early mounts, switch root and exec")
+    p.add_argument("--config", default=Paths.config, metavar="PATH",
+                   help="config file (default: %(default)s)")
+    p.add_argument("--cmdline", metavar="TEXT",
+                   help="with --dry-run: use this kernel command line instead of /proc/cmdline")
+    p.add_argument("--version", action="version", version=f"storage-init {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    kernel = Kernel()
+    if kernel.getpid() == 1:
+        boot_pid1(kernel, argv, os.environ)
+    args = parser().parse_args(argv[1:])
+    paths = Paths(config=args.config)
+    mode = SYSTEMD if args.systemd else RDINIT
+    if args.dry_run:
+        return dry_run(kernel, mode, paths, args.cmdline)
+    if args.systemd:
+        return run_service(kernel, argv, paths)
+    print("storage-init: not PID 1. It runs from the initramfs as rdinit=/init, or as a "
+          "service with --systemd; --dry-run shows what it would do.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

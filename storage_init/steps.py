@@ -1,0 +1,253 @@
+"""The boot sequence as data: named steps, each with what it does and what to check on failure.
+
+A step reads and updates the `Boot` of this run; it raises `BootError` (or an `OSError` that the
+runner turns into one with the step's hint). The list is printed by --dry-run, timed on every
+boot, and filtered by mode: --systemd runs the same steps minus the early mounts, the switch
+root and the exec, which systemd does itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import loop, switchroot, udev
+from .boot import Boot
+from .cmdline import parse_cmdline
+from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
+from .devices import Finder
+from .errors import BootError
+from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
+from .modules import Loader
+from .settings import resolve
+
+RDINIT, SYSTEMD = "rdinit", "systemd"
+BOTH = frozenset({RDINIT, SYSTEMD})
+API_MOUNTS = (
+    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
+    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+)
+INIT_CANDIDATES = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Boot], None]
+    plan: str  # what it does, for --dry-run; {placeholders} come from Boot.plan_values()
+    hint: str  # the config key or kernel argument to look at when it fails
+    modes: frozenset[str] = BOTH
+
+
+@contextmanager
+def failing(what: str, hint: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise BootError(what, hint, exc) from exc
+
+
+def mount_api(boot: Boot) -> None:
+    for source, target, fstype, flags, data in API_MOUNTS:
+        with failing(f"mount {fstype} on {target}", "that the kernel has CONFIG_DEVTMPFS"):
+            boot.kernel.mkdir(target)
+            try:
+                boot.kernel.mount(source, target, fstype, flags, data)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                boot.log.info(f"{target} is already mounted")
+
+
+def open_log(boot: Boot) -> None:
+    boot.open_log()
+
+
+def read_cmdline(boot: Boot) -> None:
+    with failing(f"read {boot.paths.cmdline}", "that /proc is mounted"):
+        text = boot.kernel.read_file(boot.paths.cmdline).decode(errors="replace")
+    boot.set_params(parse_cmdline(text))
+
+
+def read_config(boot: Boot) -> None:
+    path = boot.paths.config
+    config = Config()
+    if boot.kernel.exists(path):
+        with failing(f"read {path}", "the mini-initramfs (rerun initoverlayfs-install)"):
+            text = boot.kernel.read_file(path).decode(errors="replace")
+        try:
+            config = parse_config(text)
+        except ConfigError as exc:
+            raise BootError(f"parse {path}: {exc}", f"{path}") from None
+    else:
+        boot.log.warning(f"{path} is missing; only the kernel command line configures this boot")
+    try:
+        settings = resolve(config, boot.params, boot.kernel.uname_release(), DEFAULT_SUBSYSTEMS)
+    except ConfigError as exc:
+        raise BootError(f"configure the boot: {exc}", f"{path} and the kernel command line"
+                        ) from None
+    boot.set_settings(settings)
+
+
+def load_modules(boot: Boot) -> None:
+    s = boot.need_settings()
+    boot.loader = Loader.from_directory(boot.kernel, boot.log, boot.modules_dir())
+    boot.loader.load(["loop", f"fs-{s.fstype}", "fs-overlay"])
+
+
+def trigger(boot: Boot) -> None:
+    s = boot.need_settings()
+    with failing("open the kernel uevent socket", "that the kernel has CONFIG_NET"):
+        boot.uevents = boot.kernel.uevent_open()
+    count = udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
+    boot.log.info(f"triggered {count} devices in {', '.join(s.subsystems)}")
+
+
+def wait_bootfs(boot: Boot) -> None:
+    s = boot.need_settings()
+    assert boot.loader is not None and boot.uevents is not None
+    finder = Finder(boot.kernel, boot.log, boot.loader, s.bootfs, boot.paths.sysfs,
+                    boot.paths.dev)
+
+    def retrigger() -> None:
+        udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
+
+    boot.bootfs = finder.wait(boot.uevents, s.timeout, s.bootfs_hint, retrigger)
+    boot.uevents.close()
+    boot.uevents = None
+
+
+def mount_bootfs(boot: Boot) -> None:
+    s, device = boot.need_settings(), boot.bootfs
+    assert device is not None and boot.loader is not None
+    fstype = s.bootfstype or (device.fs.fstype if device.fs else None)
+    if fstype is None:
+        raise BootError(f"tell the filesystem type of {device.node}",
+                        "bootfstype in /etc/initoverlayfs.conf or rd.initoverlayfs.bootfstype=")
+    boot.loader.load([f"fs-{fstype}"])
+    with failing(f"mount {device.node} ({s.bootfs}) on /boot as {fstype}",
+                 "bootfstype in /etc/initoverlayfs.conf or rd.initoverlayfs.bootfstype="):
+        boot.kernel.mkdir("/boot")
+        # Read-only: storage-init only reads the image, and a crash cannot dirty /boot.
+        boot.kernel.mount(device.node, "/boot", fstype, MS_RDONLY, None)
+
+
+def mount_scratch(boot: Boot) -> None:
+    scratch = boot.paths.scratch
+    with failing(f"mount tmpfs on {scratch}", "that /run is a writable tmpfs"):
+        boot.kernel.mkdir(scratch)
+        boot.kernel.mount("initoverlayfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        for sub in ("upper", "work", "lower"):
+            boot.kernel.mkdir(f"{scratch}/{sub}")
+
+
+def attach_loop(boot: Boot) -> None:
+    s = boot.need_settings()
+    image = s.image_path
+    hint = "fs in /etc/initoverlayfs.conf or rd.initoverlayfs.fs=, and rerun initoverlayfs-install"
+    if not boot.kernel.exists(image):
+        raise BootError(f"find the image {image} on {s.bootfs}", hint,
+                        OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    with failing(f"attach {image} to a loop device", "that the kernel has loop devices"):
+        boot.loop_device, boot.loop_fd = loop.attach(boot.kernel, boot.log, image)
+    boot.log.info(f"{image} is on {boot.loop_device}")
+
+
+def mount_image(boot: Boot) -> None:
+    s = boot.need_settings()
+    lower = f"{boot.paths.scratch}/lower"
+    with failing(f"mount {s.image_path} ({boot.loop_device}) as {s.fstype} on {lower}",
+                 f"that {s.image_path} is a {s.fstype} image (rerun initoverlayfs-install), "
+                 "and fstype in /etc/initoverlayfs.conf or rd.initoverlayfs.fstype="):
+        assert boot.loop_device is not None and boot.loop_fd is not None
+        try:
+            boot.kernel.mount(boot.loop_device, lower, s.fstype, MS_RDONLY, None)
+        finally:
+            # Now the mount holds the device; on failure autoclear detaches it.
+            boot.kernel.close(boot.loop_fd)
+            boot.loop_fd = None
+
+
+def mount_overlay(boot: Boot) -> None:
+    scratch, new_root = boot.paths.scratch, boot.paths.new_root
+    layers = f"lowerdir={scratch}/lower,upperdir={scratch}/upper,workdir={scratch}/work"
+    with failing(f"mount the overlay on {new_root}", "that the kernel has CONFIG_OVERLAY_FS"):
+        boot.kernel.mkdir(new_root)
+        try:
+            # volatile: no syncs to the throwaway upper layer (Linux 5.10+).
+            boot.kernel.mount("initoverlayfs", new_root, "overlay", 0, layers + ",volatile")
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            boot.log.info("overlay refused `volatile`; mounting without it")
+            boot.kernel.mount("initoverlayfs", new_root, "overlay", 0, layers)
+
+
+def move_mounts(boot: Boot) -> None:
+    moves = switchroot.RDINIT_MOVES if boot.mode == RDINIT else switchroot.SYSTEMD_MOVES
+    with failing(f"move {', '.join(moves)} into {boot.paths.new_root}",
+                 "that the image has those directories"):
+        switchroot.move_mounts(boot.kernel, boot.log, boot.paths.new_root, moves)
+
+
+def switch_root(boot: Boot) -> None:
+    with failing(f"switch root to {boot.paths.new_root}", "the kernel log for overlay errors"):
+        switchroot.switch_root(boot.kernel, boot.log, boot.paths.new_root)
+
+
+def exec_init(boot: Boot) -> None:
+    s = boot.need_settings()
+    boot.finish()
+    candidates = [c for c in (s.init, *INIT_CANDIDATES) if c]
+    tried = []
+    for path in dict.fromkeys(candidates):
+        try:
+            boot.kernel.execve(path, [path, *boot.argv[1:]], boot.env)
+        except OSError as exc:
+            tried.append(f"{path} ({exc.strerror})")
+            if path == s.init:
+                boot.log.warning(f"init {path} cannot run: {exc.strerror}; trying the defaults")
+    raise BootError(f"start init: tried {', '.join(tried)}",
+                    "rd.initoverlayfs.init= or init=, and that the image has an init")
+
+
+STEPS = (
+    Step("mount-api", mount_api, "mount /proc /sys /dev (devtmpfs) /run",
+         "that the kernel has CONFIG_DEVTMPFS", frozenset({RDINIT})),
+    Step("log", open_log, "log to /dev/kmsg with the storage-init: prefix", "/dev/kmsg"),
+    Step("read-cmdline", read_cmdline, "read {cmdline}", "/proc/cmdline"),
+    Step("read-config", read_config, "read {config} and apply the kernel command line",
+         "{config}"),
+    Step("load-modules", load_modules,
+         "load loop, fs-{fstype} and overlay from {modules} (built-in is fine)", "{modules}"),
+    Step("trigger", trigger, "open the uevent socket; trigger add for {subsystems}",
+         "udev_trigger in {config}"),
+    Step("wait-bootfs", wait_bootfs,
+         "wait up to {timeout:g} s for {bootfs} (hint: {hint}), loading drivers by modalias",
+         "bootfs in {config} or rd.initoverlayfs.bootfs="),
+    Step("mount-bootfs", mount_bootfs, "mount {bootfs} read-only on /boot as {bootfstype}",
+         "bootfstype in {config} or rd.initoverlayfs.bootfstype="),
+    Step("mount-scratch", mount_scratch, "mount tmpfs on {scratch} for upper/work/lower",
+         "/run"),
+    Step("attach-loop", attach_loop, "attach /boot{image} to a free loop device (read-only)",
+         "fs in {config} or rd.initoverlayfs.fs="),
+    Step("mount-image", mount_image, "mount the loop device as {fstype} on {scratch}/lower",
+         "fstype in {config} or rd.initoverlayfs.fstype="),
+    Step("mount-overlay", mount_overlay, "mount overlay (volatile if supported) on {new_root}",
+         "CONFIG_OVERLAY_FS"),
+    Step("move-mounts", move_mounts, "move {moves} into {new_root}", "the image's directories"),
+    Step("switch-root", switch_root,
+         "make {new_root} the root; free the old initramfs in the background", "kernel log",
+         frozenset({RDINIT})),
+    Step("exec-init", exec_init, "exec {init} with the original arguments",
+         "rd.initoverlayfs.init= or init=", frozenset({RDINIT})),
+)
+
+
+def steps_for(mode: str) -> tuple[Step, ...]:
+    return tuple(step for step in STEPS if mode in step.modes)

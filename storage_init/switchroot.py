@@ -1,0 +1,83 @@
+"""Move the API filesystems into the new root and make it `/`, after systemd's switch-root.c.
+
+`/` is made MS_REC|MS_PRIVATE first because MS_MOVE fails under shared propagation. Mounts
+are moved from a table; a source that is not a mount point, or a target that already is one,
+is skipped with a log line. The old initramfs is emptied only when it really is the initramfs
+(ramfs or tmpfs, and another device than the new root), without crossing mount points, and in
+a child process so that init does not wait for it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from .kernel import MNT_DETACH, MS_MOVE, MS_PRIVATE, MS_REC, RAMFS_MAGIC, TMPFS_MAGIC
+from .mounts import mount_points
+
+RDINIT_MOVES = ("/boot", "/proc", "/dev", "/sys", "/run")
+SYSTEMD_MOVES = ("/boot",)  # systemd's own switch-root moves /dev /proc /sys /run
+
+
+class _Kernel(Protocol):
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int,
+              data: str | None) -> None: ...
+    def umount(self, target: str, flags: int = 0) -> None: ...
+    def mkdir(self, path: str, mode: int = 0o755) -> None: ...
+    def exists(self, path: str) -> bool: ...
+    def read_file(self, path: str) -> bytes: ...
+    def chdir(self, path: str) -> None: ...
+    def chroot(self, path: str) -> None: ...
+    def statfs_type(self, path: str) -> int: ...
+    def device_of(self, path: str) -> int: ...
+    def open(self, path: str, flags: int) -> int: ...
+    def close(self, fd: int) -> None: ...
+    def fork(self) -> int: ...
+    def exit_child(self, code: int) -> None: ...
+    def remove_tree_contents(self, dir_fd: int, device: int) -> int: ...
+
+
+class _Log(Protocol):
+    def info(self, message: str) -> None: ...
+
+
+def move_mounts(kernel: _Kernel, log: _Log, new_root: str, moves: tuple[str, ...]) -> None:
+    kernel.mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    mounted = mount_points(kernel.read_file("/proc/self/mountinfo").decode(errors="replace"))
+    for source in moves:
+        target = new_root + source
+        if source not in mounted:
+            log.info(f"{source} is not a mount point; not moving it")
+            continue
+        if target in mounted:
+            log.info(f"{target} is already mounted; detaching {source} instead of moving it")
+            kernel.umount(source, MNT_DETACH)
+            continue
+        if not kernel.exists(target):
+            log.info(f"{target} is missing in the image; creating it in the overlay")
+            kernel.mkdir(target)
+        kernel.mount(source, target, None, MS_MOVE, None)
+
+
+def switch_root(kernel: _Kernel, log: _Log, new_root: str) -> None:
+    """Make new_root `/`; the old root's contents are freed by a child process."""
+    kernel.chdir(new_root)
+    old_dev = kernel.device_of("/")
+    magic = kernel.statfs_type("/")
+    old_fd = None
+    if magic not in (RAMFS_MAGIC, TMPFS_MAGIC):
+        log.info(f"old root is not ramfs/tmpfs (f_type {magic:#x}); leaving its contents alone")
+    elif old_dev == kernel.device_of(new_root):
+        log.info("old root and new root are the same device; leaving the old root alone")
+    else:
+        old_fd = kernel.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    kernel.mount(new_root, "/", None, MS_MOVE, None)
+    kernel.chroot(".")
+    kernel.chdir("/")
+    if old_fd is None:
+        return
+    if kernel.fork() == 0:
+        removed = kernel.remove_tree_contents(old_fd, old_dev)
+        log.info(f"freed the old initramfs ({removed} entries)")
+        kernel.exit_child(0)
+    kernel.close(old_fd)

@@ -1,0 +1,428 @@
+"""The whole rdinit boot against the recording fake: exact syscall sequences per branch."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from storage_init import kernel as real
+from storage_init.emergency import COUNTDOWN
+
+from .conftest import BOOT_LABEL, BOOT_UUID, IMAGE, PARTUUID, Machine, add_disk, block_event
+from .fakekernel import Event, Executed, Paused, Rebooted
+
+MOD = "/lib/modules/6.1.0-test/kernel"
+OVERLAY = ("lowerdir=/run/initoverlayfs/lower,upperdir=/run/initoverlayfs/upper,"
+           "workdir=/run/initoverlayfs/work")
+
+HAPPY_MOUNTS = [
+    ("mount", "proc", "/proc", "proc", "MS_NOSUID|MS_NODEV|MS_NOEXEC", None),
+    ("mount", "sysfs", "/sys", "sysfs", "MS_NOSUID|MS_NODEV|MS_NOEXEC", None),
+    ("mount", "devtmpfs", "/dev", "devtmpfs", "MS_NOSUID", "mode=0755"),
+    ("mount", "tmpfs", "/run", "tmpfs", "MS_NOSUID|MS_NODEV", "mode=0755"),
+    ("finit_module", f"{MOD}/drivers/block/loop.ko", 0),
+    ("finit_module", f"{MOD}/fs/erofs/erofs.ko", 0),
+    ("finit_module", f"{MOD}/fs/overlayfs/overlay.ko", 0),
+    ("finit_module", f"{MOD}/drivers/virtio/virtio.ko", 0),
+    ("finit_module", f"{MOD}/drivers/virtio/virtio_ring.ko", 0),
+    ("finit_module", f"{MOD}/drivers/virtio/virtio_pci.ko", 0),
+    ("finit_module", f"{MOD}/drivers/block/virtio_blk.ko", 0),
+    ("finit_module", f"{MOD}/fs/jbd2/jbd2.ko", 0),
+    ("finit_module", f"{MOD}/fs/ext4/ext4.ko", 0),
+    ("mount", "/dev/vda1", "/boot", "ext4", "MS_RDONLY", None),
+    ("mount", "initoverlayfs", "/run/initoverlayfs", "tmpfs", "MS_NOSUID|MS_NODEV", "mode=0755"),
+    ("ioctl", "/dev/loop-control", "LOOP_CTL_GET_FREE"),
+    ("ioctl", "/dev/loop0", "LOOP_CONFIGURE"),
+    ("mount", "/dev/loop0", "/run/initoverlayfs/lower", "erofs", "MS_RDONLY", None),
+    ("close", "/dev/loop0"),  # only now: closing before the mount would detach it (autoclear)
+    ("mount", "initoverlayfs", "/initoverlayfs", "overlay", "0", OVERLAY + ",volatile"),
+    ("mount", None, "/", None, "MS_REC|MS_PRIVATE", None),
+    ("mount", "/boot", "/initoverlayfs/boot", None, "MS_MOVE", None),
+    ("mount", "/proc", "/initoverlayfs/proc", None, "MS_MOVE", None),
+    ("mount", "/dev", "/initoverlayfs/dev", None, "MS_MOVE", None),
+    ("mount", "/sys", "/initoverlayfs/sys", None, "MS_MOVE", None),
+    ("mount", "/run", "/initoverlayfs/run", None, "MS_MOVE", None),
+    ("chdir", "/initoverlayfs"),
+    ("mount", "/initoverlayfs", "/", None, "MS_MOVE", None),
+    ("chroot", "."),
+    ("chdir", "/"),
+    ("fork",),
+    ("execve", "/sbin/init", ["/sbin/init"]),
+]
+SEQUENCE_KINDS = ("mount", "umount", "finit_module", "ioctl", "chdir", "chroot", "fork",
+                  "execve", "reboot", "close")
+
+
+def sequence(m: Machine) -> list[tuple[object, ...]]:
+    return m.k.recorded(*SEQUENCE_KINDS)
+
+
+def failure_line(m: Machine) -> str:
+    lines = [line for line in m.console().splitlines() if "Failed to" in line]
+    assert len(lines) == 1, m.console()
+    return lines[0]
+
+
+def test_happy_path_exact_syscall_sequence(machine: Machine) -> None:
+    result = machine.boot()
+    assert isinstance(result, Executed)
+    assert sequence(machine) == HAPPY_MOUNTS
+
+
+def test_happy_path_writes_timings_and_one_summary_line(machine: Machine) -> None:
+    machine.boot()
+    timings = json.loads(machine.k.written["/run/initoverlayfs/timings.json"][-1])
+    names = [s["name"] for s in timings["steps"]]
+    assert names[0] == "mount-api" and names[-1] == "switch-root"
+    assert timings["loop_device"] == "/dev/loop0"
+    assert "virtio_blk" in timings["modules_loaded"]
+    assert timings["steps"][names.index("wait-bootfs")]["ms"] == pytest.approx(30.0)
+    summaries = [line for line in machine.kmsg().splitlines() if " steps in " in line]
+    assert len(summaries) == 1 and "wait-bootfs 30.0" in summaries[0]
+
+
+def test_unknown_cmdline_words_reach_init_untouched(machine: Machine) -> None:
+    machine.cmdline("quiet splash single systemd.unit=rescue.target -- --weird")
+    result = machine.boot(["/init", "single", "--weird", "--systemd"])
+    assert isinstance(result, Executed)
+    assert result.argv == ["/sbin/init", "single", "--weird", "--systemd"]
+    assert result.env == {"TERM": "linux"}
+
+
+def test_quiet_boot_prints_nothing_on_the_console(machine: Machine) -> None:
+    machine.boot()
+    assert machine.console() == ""
+    assert "<6>storage-init: found bootfs" in machine.kmsg()
+
+
+def test_volatile_refused_is_retried_without_it(machine: Machine) -> None:
+    machine.k.errors[("mount", "/initoverlayfs")] = [errno.EINVAL]
+    assert isinstance(machine.boot(), Executed)
+    overlay = [c for c in sequence(machine) if c[0] == "mount" and c[2] == "/initoverlayfs"]
+    assert [c[5] for c in overlay] == [OVERLAY + ",volatile", OVERLAY]
+    assert "refused `volatile`" in machine.kmsg()
+
+
+def test_overlay_failing_otherwise_is_not_retried(machine: Machine) -> None:
+    machine.k.errors[("mount", "/initoverlayfs")] = [errno.ENODEV]
+    machine.cmdline("rd.emergency=poweroff")
+    assert isinstance(machine.boot(), Rebooted)
+    assert "mount the overlay on /initoverlayfs: No such device" in failure_line(machine)
+
+
+def test_right_hint_is_used_without_scanning_other_disks(machine: Machine) -> None:
+    add_disk(machine.k, "vda", machine.disks["gpt"], {1: machine.disks["ext4"]})
+    add_disk(machine.k, "sda", machine.disks["gpt"], {1: b"junk" * 1000})
+    machine.k.events = []
+    machine.config(f"bootfs UUID={BOOT_UUID}\nbootfs_hint /dev/vda1\n")
+    assert isinstance(machine.boot(), Executed)
+    assert ("mount", "/dev/vda1", "/boot", "ext4", "MS_RDONLY", None) in sequence(machine)
+    assert "bootfs_hint" not in machine.kmsg()
+
+
+def test_wrong_hint_is_reported_and_the_search_goes_on(machine: Machine) -> None:
+    add_disk(machine.k, "sda", machine.disks["gpt"], {1: b"\0" * 4096})
+    machine.config(f"bootfs UUID={BOOT_UUID}\nbootfs_hint /dev/sda1\n")
+    assert isinstance(machine.boot(), Executed)
+    assert "bootfs_hint /dev/sda1 is sda1 (no filesystem" in machine.kmsg()
+    assert ("mount", "/dev/vda1", "/boot", "ext4", "MS_RDONLY", None) in sequence(machine)
+
+
+def test_device_late_is_waited_for_by_events(machine: Machine) -> None:
+    late = machine.k.events.pop()
+    machine.k.events.append(block_event("vda", 12.5, late.then))
+    assert isinstance(machine.boot(), Executed)
+    assert machine.k.now == pytest.approx(12.5)
+    assert "after 12.500 s" in machine.kmsg()
+
+
+def test_timeout_names_the_spec_and_what_was_seen(machine: Machine) -> None:
+    machine.k.events.pop()  # the disk never appears ...
+    add_disk(machine.k, "sdb", machine.disks["gpt"], {})  # ... only an unrelated one
+    machine.cmdline("quiet rd.initoverlayfs.timeout=5")
+    result = machine.boot()
+    line = failure_line(machine)
+    assert f"find bootfs UUID={BOOT_UUID} within 5 s" in line
+    assert "block devices seen: sdb (no filesystem)" in line
+    assert "drivers loaded: loop erofs overlay virtio virtio_ring virtio_pci virtio_blk" in line
+    assert "Connection timed out" in line
+    assert "check bootfs in /etc/initoverlayfs.conf or rd.initoverlayfs.bootfs=" in line
+    assert machine.k.now == pytest.approx(5 + COUNTDOWN)
+    assert isinstance(result, Rebooted) and result.how == real.RB_AUTOBOOT
+
+
+def test_default_emergency_is_a_visible_countdown_then_reboot(machine: Machine) -> None:
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.boot()
+    sleeps = machine.k.recorded("sleep")
+    assert sleeps == [("sleep", 1)] * COUNTDOWN
+    assert machine.k.recorded()[-1] == ("reboot", real.RB_AUTOBOOT)
+    assert "rebooting in 1..." in machine.console()
+
+
+def test_image_missing_names_the_path(machine: Machine) -> None:
+    machine.k.filesystems["/dev/vda1"] = {"/initoverlayfs-5.0.img": b"old"}
+    machine.cmdline("quiet rd.emergency=poweroff")
+    result = machine.boot()
+    line = failure_line(machine)
+    assert f"find the image /boot{IMAGE} on UUID={BOOT_UUID}: No such file or directory" in line
+    assert "rd.initoverlayfs.fs=" in line and "initoverlayfs-install" in line
+    assert isinstance(result, Rebooted) and result.how == real.RB_POWER_OFF
+    assert not machine.k.recorded("sleep")
+
+
+def test_image_that_is_not_erofs(machine: Machine) -> None:
+    machine.k.errors[("mount", "/run/initoverlayfs/lower")] = [errno.EINVAL]
+    machine.cmdline("rd.emergency=halt")
+    result = machine.boot()
+    line = failure_line(machine)
+    assert f"mount /boot{IMAGE} (/dev/loop0) as erofs" in line and "Invalid argument" in line
+    assert "rd.initoverlayfs.fstype=" in line
+    assert isinstance(result, Rebooted) and result.how == real.RB_HALT_SYSTEM
+
+
+def test_loop_device_taken_by_another_process_is_retried(machine: Machine) -> None:
+    machine.k.errors[("ioctl", "LOOP_CONFIGURE")] = [errno.EBUSY]
+    assert isinstance(machine.boot(), Executed)
+    loop_calls = [c for c in sequence(machine) if c[0] in ("ioctl", "close")]
+    assert loop_calls == [
+        ("ioctl", "/dev/loop-control", "LOOP_CTL_GET_FREE"),
+        ("ioctl", "/dev/loop0", "LOOP_CONFIGURE"),
+        ("close", "/dev/loop0"),
+        ("ioctl", "/dev/loop-control", "LOOP_CTL_GET_FREE"),
+        ("ioctl", "/dev/loop1", "LOOP_CONFIGURE"),
+        ("close", "/dev/loop1"),
+    ]
+    assert ("mount", "/dev/loop1", "/run/initoverlayfs/lower", "erofs", "MS_RDONLY",
+            None) in sequence(machine)
+
+
+def test_kernel_without_loop_configure_falls_back(machine: Machine) -> None:
+    machine.k.errors[("ioctl", "LOOP_CONFIGURE")] = [errno.EINVAL]
+    assert isinstance(machine.boot(), Executed)
+    assert [c[2] for c in sequence(machine) if c[0] == "ioctl"] == [
+        "LOOP_CTL_GET_FREE", "LOOP_CONFIGURE", "LOOP_SET_FD", "LOOP_SET_STATUS64"]
+
+
+def test_init_missing_tries_every_candidate(machine: Machine) -> None:
+    machine.k.executables = set()
+    machine.cmdline("rd.emergency=poweroff init=/usr/lib/systemd/systemd")
+    result = machine.boot()
+    execs = [c[1] for c in machine.k.recorded("execve")]
+    assert execs == ["/usr/lib/systemd/systemd", "/sbin/init", "/etc/init", "/bin/init",
+                     "/bin/sh"]
+    assert "start init: tried /usr/lib/systemd/systemd (No such file or directory)" in (
+        failure_line(machine))
+    assert isinstance(result, Rebooted)
+
+
+def test_init_from_the_command_line_comes_first(machine: Machine) -> None:
+    machine.k.executables = {"/sbin/init", "/usr/lib/systemd/systemd"}
+    machine.cmdline("init=/sbin/init rd.initoverlayfs.init=/usr/lib/systemd/systemd")
+    result = machine.boot()
+    assert isinstance(result, Executed) and result.path == "/usr/lib/systemd/systemd"
+
+
+def test_cmdline_overrides_the_config(machine: Machine) -> None:
+    machine.k.filesystems["/dev/vda1"] = {"/images/test.img": b"x"}
+    machine.cmdline(f'rd.initoverlayfs.bootfs=PARTUUID={PARTUUID.upper()} '
+                    'rd.initoverlayfs.bootfstype=ext3 "rd.initoverlayfs.fs=images/test.img" '
+                    'rd.initoverlayfs.fstype=squashfs')
+    assert isinstance(machine.boot(), Executed)
+    calls = sequence(machine)
+    assert ("mount", "/dev/vda1", "/boot", "ext3", "MS_RDONLY", None) in calls
+    assert ("mount", "/dev/loop0", "/run/initoverlayfs/lower", "squashfs", "MS_RDONLY",
+            None) in calls
+    assert machine.k.recorded("open")[0] == ("open", "/lib/modules/6.1.0-test/kernel/drivers/"
+                                                     "block/loop.ko")
+    assert ("open", "/boot/images/test.img") in machine.k.recorded("open")
+
+
+@pytest.mark.parametrize("spec", [f"LABEL={BOOT_LABEL}", "PARTLABEL=bootpart", "/dev/vda1",
+                                  f"UUID={BOOT_UUID.upper()}"])
+def test_every_kind_of_bootfs_spec(machine: Machine, spec: str) -> None:
+    machine.config(f"bootfs {spec}\n")
+    assert isinstance(machine.boot(), Executed)
+    assert ("mount", "/dev/vda1", "/boot", "ext4", "MS_RDONLY", None) in sequence(machine)
+
+
+def test_rd_shell_runs_a_shell_then_the_emergency_action(machine: Machine) -> None:
+    machine.k.add_file("/bin/sh")
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.cmdline("quiet rd.shell rd.emergency=poweroff")
+    result = machine.boot()
+    tail = machine.k.recorded("fork", "waitpid", "reboot")
+    assert tail == [("fork",), ("waitpid", 4242), ("reboot", real.RB_POWER_OFF)]
+    assert "rd.shell: starting /bin/sh" in machine.console()
+    assert isinstance(result, Rebooted)
+
+
+def test_rd_shell_without_a_shell_says_so(machine: Machine) -> None:
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.cmdline("rd.shell=1 rd.emergency=poweroff")
+    assert isinstance(machine.boot(), Rebooted)
+    assert "rd.shell: no shell in this root" in machine.console()
+    assert not machine.k.recorded("fork")
+
+
+def test_rd_shell_0_is_off(machine: Machine) -> None:
+    machine.k.add_file("/bin/sh")
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.cmdline("rd.shell=0 rd.emergency=poweroff")
+    machine.boot()
+    assert not machine.k.recorded("fork")
+
+
+def test_reboot_refused_blocks_forever_instead_of_returning(machine: Machine) -> None:
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.cmdline("rd.emergency=poweroff")
+
+    def refuse(how: int) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    machine.k.reboot = refuse  # type: ignore[method-assign]
+    assert isinstance(machine.boot(), Paused)
+    assert "Failed to poweroff: Operation not permitted" in machine.console()
+
+
+def test_malformed_config_line_stops_the_boot_with_its_line_number(machine: Machine) -> None:
+    machine.config(f"# boot\nbootfs UUID={BOOT_UUID}\nbootfstype\n")
+    machine.cmdline("rd.emergency=poweroff")
+    assert isinstance(machine.boot(), Rebooted)
+    line = failure_line(machine)
+    assert "read-config: Failed to parse /etc/initoverlayfs.conf: line 3 (bootfstype): no value" \
+        in line
+
+
+def test_unknown_config_key_is_a_warning_and_the_boot_goes_on(machine: Machine) -> None:
+    machine.config(f"bootfs UUID={BOOT_UUID}\ncolour blue\ninitrd_builder dracut\n")
+    assert isinstance(machine.boot(), Executed)
+    assert "line 2: unknown key 'colour' ignored" in machine.console()
+    assert "initrd_builder" not in machine.console()
+
+
+def test_missing_config_with_bootfs_on_the_cmdline_boots(machine: Machine) -> None:
+    del machine.k.files["/etc/initoverlayfs.conf"]
+    machine.cmdline(f"rd.initoverlayfs.bootfs=LABEL={BOOT_LABEL}")
+    assert isinstance(machine.boot(), Executed)
+    assert "/etc/initoverlayfs.conf is missing" in machine.console()
+
+
+def test_no_bootfs_anywhere_is_a_clear_failure(machine: Machine) -> None:
+    del machine.k.files["/etc/initoverlayfs.conf"]
+    machine.cmdline("rd.emergency=poweroff")
+    machine.boot()
+    assert "no bootfs configured" in failure_line(machine)
+
+
+def test_bad_optional_values_are_warnings_with_defaults(machine: Machine) -> None:
+    machine.cmdline("rd.initoverlayfs.timeout=soon rd.emergency=explode")
+    assert isinstance(machine.boot(), Executed)
+    console = machine.console()
+    assert "rd.initoverlayfs.timeout='soon'" in console and "using 30" in console
+    assert "rd.emergency='explode'" in console
+
+
+def test_errors_reach_the_console_even_when_the_log_level_hides_them(machine: Machine) -> None:
+    machine.k.files["/proc/sys/kernel/printk"] = b"1 4 1 7\n"  # loglevel=1: kernel prints <1 only
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.cmdline("loglevel=1 rd.emergency=poweroff")
+    machine.boot()
+    assert "attach-loop: Failed to find the image" in machine.direct()
+    assert "<3>storage-init: attach-loop: Failed" in machine.kmsg()
+
+
+def test_errors_are_not_printed_twice_when_the_kernel_shows_them(machine: Machine) -> None:
+    machine.k.filesystems["/dev/vda1"] = {}
+    machine.cmdline("quiet rd.emergency=poweroff")  # quiet: console_loglevel 4 shows <3>
+    machine.boot()
+    assert "Failed to" not in machine.direct()
+    assert machine.console().count("Failed to find the image") == 1
+
+
+def test_no_kmsg_means_everything_goes_to_the_console(machine: Machine) -> None:
+    machine.k.errors[("open", "/dev/kmsg")] = [errno.ENOENT]
+    assert isinstance(machine.boot(), Executed)
+    assert "cannot open /dev/kmsg" in machine.console()
+    assert "found bootfs" in machine.console()
+
+
+def test_debug_shows_every_line_on_the_console(machine: Machine) -> None:
+    machine.cmdline("quiet rd.initoverlayfs.debug")
+    machine.boot()
+    console = machine.console()
+    assert "step wait-bootfs" in console and "loaded module virtio_blk" in console
+    assert machine.k.tracer is not None  # the real Kernel traces each syscall through it
+
+
+def test_uevent_overflow_rescans_by_triggering_again(machine: Machine) -> None:
+    machine.k.errors[("uevent_recv", "")] = [errno.ENOBUFS]
+    assert isinstance(machine.boot(), Executed)
+    assert len(machine.k.recorded("udev_devices")) == 2
+    assert "uevent buffer overflowed" in machine.console()
+
+
+def test_libudev_missing_falls_back_to_sysfs(machine: Machine) -> None:
+    machine.k.udev_error = OSError(errno.ENOENT, "No library named udev", "libudev.so.1")
+    machine.k.add_file("/sys/bus/pci/devices/0000:00:04.0/uevent")
+    assert isinstance(machine.boot(), Executed)
+    assert ("write", "/sys/bus/pci/devices/0000:00:04.0/uevent", b"add") in machine.k.calls
+    assert "listing them from /sys" in machine.console()
+
+
+def test_module_already_loaded_or_failing_does_not_stop_the_boot(machine: Machine) -> None:
+    machine.k.errors[("finit_module", f"{MOD}/drivers/block/loop.ko")] = [errno.EEXIST]
+    machine.k.errors[("finit_module", f"{MOD}/fs/erofs/erofs.ko")] = [errno.ENOEXEC]
+    assert isinstance(machine.boot(), Executed)
+    assert "Failed to load module erofs" in machine.console()
+    assert "loop" not in json.loads(
+        machine.k.written["/run/initoverlayfs/timings.json"][-1])["modules_loaded"]
+
+
+def test_drivers_built_in_without_modules_dir(machine: Machine) -> None:
+    for path in [p for p in machine.k.files if p.startswith("/lib/modules")]:
+        del machine.k.files[path]
+    add_disk(machine.k, "vda", machine.disks["gpt"], {1: machine.disks["ext4"]})
+    assert isinstance(machine.boot(), Executed)
+    assert not machine.k.recorded("finit_module")
+
+
+def test_old_root_that_is_not_ramfs_is_left_alone(machine: Machine) -> None:
+    machine.k.root_magic = 0xEF53
+    assert isinstance(machine.boot(), Executed)
+    assert not machine.k.recorded("fork")
+    assert "old root is not ramfs/tmpfs" in machine.kmsg()
+
+
+def test_already_mounted_target_is_detached_not_moved(machine: Machine) -> None:
+    original = machine.k.mount
+
+    def mount_also_in_new_root(source: str | None, target: str, fstype: str | None,
+                               flags: int, data: str | None) -> None:
+        original(source, target, fstype, flags, data)
+        if target == "/initoverlayfs" and fstype == "overlay":
+            machine.k.mounted.append(("proc", "/initoverlayfs/proc"))
+
+    machine.k.mount = mount_also_in_new_root  # type: ignore[method-assign]
+    assert isinstance(machine.boot(), Executed)
+    assert ("umount", "/proc", real.MNT_DETACH) in machine.k.calls
+    assert ("mount", "/proc", "/initoverlayfs/proc", None, "MS_MOVE", None) not in machine.k.calls
+
+
+def test_a_bug_in_a_step_still_ends_in_the_emergency_path(
+        machine: Machine, mocker: pytest.FixtureRequest) -> None:
+    mocker.patch("storage_init.devices.Finder.wait",  # type: ignore[attr-defined]
+                 side_effect=KeyError("boom"))
+    machine.cmdline("rd.emergency=poweroff")
+    assert isinstance(machine.boot(), Rebooted)
+    assert "wait-bootfs crashed: KeyError: 'boom'" in machine.console()
+
+
+def test_failure_summary_includes_the_failed_step(machine: Machine) -> None:
+    machine.k.events = [Event(99, {"ACTION": "add"})]
+    machine.cmdline("rd.initoverlayfs.timeout=2 rd.emergency=poweroff")
+    machine.boot()
+    summary = [line for line in machine.kmsg().splitlines() if " steps in " in line]
+    assert len(summary) == 1 and "wait-bootfs 2000.0" in summary[0]

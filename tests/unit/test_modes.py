@@ -1,0 +1,74 @@
+"""--systemd mode, --dry-run and the command-line behaviour when not PID 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from storage_init.boot import Boot, Paths
+from storage_init.log import Log
+from storage_init.main import dry_run, main
+from storage_init.steps import SYSTEMD, steps_for
+
+from .conftest import BOOT_UUID, Machine
+
+
+def systemd_boot(m: Machine) -> Boot:
+    boot = Boot(m.k, Log(m.k), SYSTEMD, ["storage-init", "--systemd"], {}, Paths())  # type: ignore[arg-type]
+    boot.run(steps_for(SYSTEMD), after=boot.finish)
+    return boot
+
+
+def test_systemd_mode_skips_early_mounts_switch_root_and_exec(machine: Machine) -> None:
+    machine.k.pid = 412
+    machine.k.links[f"/dev/disk/by-uuid/{BOOT_UUID}"] = "../../vda1"
+    machine.k.dirs.add("/dev/disk/by-uuid")
+    boot = systemd_boot(machine)
+    calls = machine.k.recorded("mount", "chroot", "execve")
+    assert [c[2] for c in calls] == ["/boot", "/run/initoverlayfs", "/run/initoverlayfs/lower",
+                                     "/initoverlayfs", "/", "/initoverlayfs/boot"]
+    assert boot.bootfs is not None and boot.bootfs.node == "/dev/vda1"
+    assert "/run/initoverlayfs/timings.json" in machine.k.written
+    assert json.loads(machine.k.written["/run/initoverlayfs/timings.json"][0])["mode"] == SYSTEMD
+    assert "/dev/kmsg" not in machine.k.written  # a service logs to stderr -> journal
+
+
+def test_systemd_mode_failure_exits_nonzero_for_onfailure(machine: Machine) -> None:
+    machine.k.pid = 412
+    machine.k.filesystems["/dev/vda1"] = {}
+    with pytest.raises(SystemExit) as info:
+        systemd_boot(machine)
+    assert info.value.code == 1
+    assert not machine.k.recorded("reboot")
+    assert "Failed to find the image" in machine.direct()
+
+
+def test_dry_run_prints_settings_and_plan_and_touches_nothing(
+        machine: Machine, capsys: pytest.CaptureFixture[str]) -> None:
+    machine.k.pid = 999
+    rc = dry_run(machine.k, "rdinit", Paths(), "quiet rd.initoverlayfs.timeout=7")  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"bootfs        UUID={BOOT_UUID}" in out and "timeout       7 s" in out
+    assert " 1. mount-api" in out and "15. exec-init" in out
+    assert machine.k.calls == []
+
+
+def test_dry_run_reports_config_errors(machine: Machine,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    machine.config("bootfs nothing\n")
+    assert dry_run(machine.k, "rdinit", Paths(), "") == 1  # type: ignore[arg-type]
+    assert "line 1 (bootfs)" in capsys.readouterr().err
+
+
+def test_not_pid1_without_a_mode_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["storage-init"]) == 2
+    assert "not PID 1" in capsys.readouterr().err
+
+
+def test_help_describes_the_kernel_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["storage-init", "--help"])
+    out = capsys.readouterr().out
+    assert "--dry-run" in out and "rd.initoverlayfs.bootfs=" in out and "rd.emergency" in out
