@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import select
 import socket
@@ -248,8 +249,6 @@ class Kernel:
         os.write(fd, data)
 
     def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes:
-        import fcntl  # stdlib C module: cheap, and only the loop step needs it
-
         call = f"ioctl({fd}, {request:#x}, {_fmt(arg)})"
         result = self._os_call(call, None, lambda: fcntl.ioctl(fd, request, arg))
         assert isinstance(result, (int, bytes))

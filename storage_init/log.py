@@ -1,6 +1,7 @@
 """Messages to /dev/kmsg (so the journal keeps them) and to the console when a person must see.
 
-Every line starts with `storage-init:`. Errors always reach the console, even with `quiet`:
+Every line starts with `storage-init:`. Errors always reach the console, even with `quiet` or
+a low `loglevel=`:
 when the kernel's console log level would hide them, they are written to the console directly.
 With `rd.initoverlayfs.debug` every line does. Before /dev exists, the console is fd 2, which
 the kernel opens on /dev/console for init when the initramfs has that node.
@@ -40,7 +41,7 @@ class Log:
                 shown_by_kernel = level < self.console_loglevel
             except OSError:
                 self.kmsg_fd = None
-        must_show = level <= WARNING or self.debug_enabled or self.kmsg_fd is None
+        must_show = level <= ERR or self.debug_enabled or self.kmsg_fd is None
         if must_show and not shown_by_kernel and self.console_fd is not None:
             try:
                 self._kernel.write_fd(self.console_fd, (line + "\n").encode(errors="replace"))

@@ -8,6 +8,7 @@ storage-init does (the C original flipped into systemd mode on any argument).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,10 @@ def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
         boot.fail("exec-init", "init returned without an error")
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         log.error(f"storage-init crashed: {type(exc).__name__}: {exc}")
-        emergency(kernel, log, Policy.from_params(boot.params), env)
+        with contextlib.suppress(Exception, SystemExit, KeyboardInterrupt):
+            emergency(kernel, log, Policy.from_params(boot.params), env)
+    while True:  # even a broken emergency path must not let PID 1 return
+        kernel.pause()
 
 
 def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths) -> int:

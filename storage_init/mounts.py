@@ -17,7 +17,8 @@ class MountEntry:
     target: str
     fstype: str
     source: str
-    options: str
+    mount_options: str  # per mount point, e.g. "ro,relatime"
+    options: str  # of the superblock, e.g. "rw,lowerdir=..." for an overlay
 
 
 def _unescape(field: str) -> str:
@@ -37,7 +38,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
             continue
         entries.append(MountEntry(mount_id, parent_id, fields[2], _unescape(fields[3]),
                                   _unescape(fields[4]), tail[0], _unescape(tail[1]),
-                                  " ".join(tail[2:])))
+                                  fields[5], " ".join(tail[2:])))
     return entries
 
 

@@ -12,7 +12,6 @@ Everything Python will need after the pivot is imported first: the tmpfs root ha
 
 from __future__ import annotations
 
-import fcntl  # noqa: F401  (used lazily by Kernel.ioctl; must be loaded before the pivot)
 import os
 import sys
 import tempfile

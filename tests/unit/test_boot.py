@@ -299,15 +299,16 @@ def test_malformed_config_line_stops_the_boot_with_its_line_number(machine: Mach
 def test_unknown_config_key_is_a_warning_and_the_boot_goes_on(machine: Machine) -> None:
     machine.config(f"bootfs UUID={BOOT_UUID}\ncolour blue\ninitrd_builder dracut\n")
     assert isinstance(machine.boot(), Executed)
-    assert "line 2: unknown key 'colour' ignored" in machine.console()
-    assert "initrd_builder" not in machine.console()
+    assert "<4>storage-init: line 2: unknown key 'colour' ignored" in machine.kmsg()
+    assert "initrd_builder" not in machine.kmsg()
+    assert machine.console() == ""  # a warning does not break `quiet`
 
 
 def test_missing_config_with_bootfs_on_the_cmdline_boots(machine: Machine) -> None:
     del machine.k.files["/etc/initoverlayfs.conf"]
     machine.cmdline(f"rd.initoverlayfs.bootfs=LABEL={BOOT_LABEL}")
     assert isinstance(machine.boot(), Executed)
-    assert "/etc/initoverlayfs.conf is missing" in machine.console()
+    assert "<4>storage-init: /etc/initoverlayfs.conf is missing" in machine.kmsg()
 
 
 def test_no_bootfs_anywhere_is_a_clear_failure(machine: Machine) -> None:
@@ -320,9 +321,9 @@ def test_no_bootfs_anywhere_is_a_clear_failure(machine: Machine) -> None:
 def test_bad_optional_values_are_warnings_with_defaults(machine: Machine) -> None:
     machine.cmdline("rd.initoverlayfs.timeout=soon rd.emergency=explode")
     assert isinstance(machine.boot(), Executed)
-    console = machine.console()
-    assert "rd.initoverlayfs.timeout='soon'" in console and "using 30" in console
-    assert "rd.emergency='explode'" in console
+    kmsg = machine.kmsg()
+    assert "<4>storage-init: rd.initoverlayfs.timeout='soon'" in kmsg and "using 30" in kmsg
+    assert "rd.emergency='explode'" in kmsg
 
 
 def test_errors_reach_the_console_even_when_the_log_level_hides_them(machine: Machine) -> None:
@@ -361,7 +362,7 @@ def test_uevent_overflow_rescans_by_triggering_again(machine: Machine) -> None:
     machine.k.errors[("uevent_recv", "")] = [errno.ENOBUFS]
     assert isinstance(machine.boot(), Executed)
     assert len(machine.k.recorded("udev_devices")) == 2
-    assert "uevent buffer overflowed" in machine.console()
+    assert "<4>storage-init: uevent buffer overflowed" in machine.kmsg()
 
 
 def test_libudev_missing_falls_back_to_sysfs(machine: Machine) -> None:
@@ -369,14 +370,14 @@ def test_libudev_missing_falls_back_to_sysfs(machine: Machine) -> None:
     machine.k.add_file("/sys/bus/pci/devices/0000:00:04.0/uevent")
     assert isinstance(machine.boot(), Executed)
     assert ("write", "/sys/bus/pci/devices/0000:00:04.0/uevent", b"add") in machine.k.calls
-    assert "listing them from /sys" in machine.console()
+    assert "listing them from /sys" in machine.kmsg()
 
 
 def test_module_already_loaded_or_failing_does_not_stop_the_boot(machine: Machine) -> None:
     machine.k.errors[("finit_module", f"{MOD}/drivers/block/loop.ko")] = [errno.EEXIST]
     machine.k.errors[("finit_module", f"{MOD}/fs/erofs/erofs.ko")] = [errno.ENOEXEC]
     assert isinstance(machine.boot(), Executed)
-    assert "Failed to load module erofs" in machine.console()
+    assert "<4>storage-init: Failed to load module erofs" in machine.kmsg()
     assert "loop" not in json.loads(
         machine.k.written["/run/initoverlayfs/timings.json"][-1])["modules_loaded"]
 

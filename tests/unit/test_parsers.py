@@ -204,6 +204,7 @@ def test_mountinfo_parsing_unescapes_and_skips_garbage() -> None:
     entries = parse_mountinfo(MOUNTINFO)
     assert [e.target for e in entries] == ["/proc", "/boot", "/mnt/with space"]
     assert entries[1].fstype == "ext4" and entries[1].source == "/dev/vda1"
+    assert entries[1].mount_options == "ro" and entries[2].options == "rw,mode=755"
 
 
 @given(st.text())
