@@ -61,6 +61,7 @@ class Boot:
     loop_device: str | None = None
     loop_fd: int | None = None  # held open until the image is mounted (autoclear)
     timings: list[tuple[str, float]] = field(default_factory=list)
+    finished: bool = False
 
     # --- state set by the steps -----------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Boot:
 
     def finish(self) -> None:
         """The summary line and the timings file, written just before init takes over."""
+        self.finished = True
         self.log.info(self.summary())
         try:
             self.kernel.write_file(self.paths.timings, self.timings_json())
@@ -178,7 +180,8 @@ class Boot:
 
     def fail(self, step: str, message: str) -> NoReturn:
         self.log.error(f"{step}: {message}")
-        self.log.info(self.summary())
+        if not self.finished:  # exec-init fails after finish() printed it: one line per run
+            self.log.info(self.summary())
         if self.mode != "rdinit":
             raise SystemExit(1)  # a service: systemd's OnFailure= takes over
         emergency(self.kernel, self.log, Policy.from_params(self.params), self.env)

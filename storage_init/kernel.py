@@ -194,6 +194,24 @@ class Kernel:
     def stat(self, path: str) -> os.stat_result:
         return os.stat(path)  # reads are not traced: they would drown the mutations
 
+    def ensure_stdio(self, console: str) -> bool:
+        """Open the console on fds 0-2 if the kernel could not (no /dev/console node in the
+        initramfs): our messages need it, and init inherits it. True if it had to."""
+        try:
+            os.fstat(2)
+            return False
+        except OSError:
+            pass
+        fd = self._os_call(f"open({console!r}, O_RDWR|O_NOCTTY)", console,
+                           lambda: os.open(console, os.O_RDWR | os.O_NOCTTY))
+        assert isinstance(fd, int)
+        for target in (0, 1, 2):
+            if fd != target:
+                os.dup2(fd, target)
+        if fd > 2:
+            os.close(fd)
+        return True
+
     def device_of(self, path: str) -> int:
         return os.stat(path).st_dev
 

@@ -62,6 +62,12 @@ def mount_api(boot: Boot) -> None:
                 if exc.errno != errno.EBUSY:
                     raise
                 boot.log.info(f"{target} is already mounted")
+    console = f"{boot.paths.dev}/console"
+    try:
+        if boot.kernel.ensure_stdio(console):
+            boot.log.info(f"no console on fds 0-2 at start; opened {console}")
+    except OSError as exc:
+        boot.log.warning(f"cannot open {console} ({exc.strerror}); messages go to kmsg only")
 
 
 def open_log(boot: Boot) -> None:

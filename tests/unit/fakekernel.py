@@ -140,6 +140,15 @@ class FakeKernel:
     def statfs_type(self, path: str) -> int:
         return self.root_magic
 
+    stdio_missing: bool = False
+
+    def ensure_stdio(self, console: str) -> bool:
+        if not self.stdio_missing:
+            return False
+        self._raise_if_planned("open", console)
+        self.calls.append(("ensure_stdio", console))
+        return True
+
     def device_of(self, path: str) -> int:
         return 1 if path == "/" else 2
 

@@ -350,6 +350,28 @@ def test_no_kmsg_means_everything_goes_to_the_console(machine: Machine) -> None:
     assert "found bootfs" in machine.console()
 
 
+def test_missing_stdio_gets_the_console_once_dev_is_mounted(machine: Machine) -> None:
+    machine.k.stdio_missing = True
+    assert isinstance(machine.boot(), Executed)
+    calls = machine.k.recorded("mount", "ensure_stdio")
+    assert calls[3][2] == "/run" and calls[4] == ("ensure_stdio", "/dev/console")
+    assert "opened /dev/console" in machine.direct()  # kmsg is not open yet
+
+
+def test_no_console_node_is_a_warning_not_a_failure(machine: Machine) -> None:
+    machine.k.stdio_missing = True
+    machine.k.errors[("open", "/dev/console")] = [errno.ENOENT]
+    assert isinstance(machine.boot(), Executed)
+    assert "cannot open /dev/console" in machine.direct()
+
+
+def test_init_missing_prints_one_summary_line(machine: Machine) -> None:
+    machine.k.executables = set()
+    machine.cmdline("rd.emergency=poweroff")
+    machine.boot()
+    assert len([line for line in machine.kmsg().splitlines() if " steps in " in line]) == 1
+
+
 def test_debug_shows_every_line_on_the_console(machine: Machine) -> None:
     machine.cmdline("quiet rd.initoverlayfs.debug")
     machine.boot()
