@@ -7,20 +7,14 @@ import os
 
 import pytest
 
+NEEDS_ROOT = "the integration tier needs root (loop devices, mounts, namespaces)"
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() == 0:
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Runs before any fixture of the test is set up."""
+    if "integration" not in item.keywords or os.geteuid() == 0:
         return
-    reason = "needs root for loop devices, mounts and namespaces"
-    for item in items:
-        if "integration" in item.keywords:
-            if os.environ.get("CI"):
-                item.add_marker(pytest.mark.xfail(reason=reason, strict=True, run=False))
-                item.add_marker(pytest.mark.usefixtures("_fail_in_ci"))
-            else:
-                item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@pytest.fixture
-def _fail_in_ci() -> None:
-    pytest.fail("CI must run the integration tier as root")
+    if os.environ.get("CI"):
+        pytest.fail(f"{NEEDS_ROOT}, and CI must run every tier")
+    pytest.skip(NEEDS_ROOT)
