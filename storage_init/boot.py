@@ -8,9 +8,9 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn
 
-from .cmdline import Param
+from .cmdline import DEBUG, Param, flag
 from .emergency import Policy, emergency
 from .errors import BootError
 from .log import Log
@@ -38,10 +38,6 @@ class Paths:
     @property
     def timings(self) -> str:
         return f"{self.scratch}/timings.json"
-
-
-class _Console(Protocol):
-    def write_fd(self, fd: int, data: bytes) -> None: ...
 
 
 @dataclass
@@ -84,7 +80,7 @@ class Boot:
 
     def set_params(self, params: tuple[Param, ...]) -> None:
         self.params = params
-        if any(k == "rd.initoverlayfs.debug" for k, _ in params):
+        if flag(params, DEBUG):
             self.log.debug_enabled = True
             self.kernel.tracer = self.log.debug
 

@@ -57,6 +57,9 @@ def last_value(params: tuple[Param, ...], key: str) -> str | None:
     return found
 
 
+DEBUG = "rd.initoverlayfs.debug"
+
+
 def flag(params: tuple[Param, ...], key: str) -> bool | None:
     """dracut's boolean style: `key` or `key=1` is on, `key=0` is off, absent is None."""
     result = None

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from . import __version__
 from .boot import Boot, Paths
-from .cmdline import parse_cmdline
+from .cmdline import DEBUG, flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
 from .emergency import Policy, emergency
 from .kernel import Kernel
@@ -72,7 +72,7 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
         ("bootfstype", s.bootfstype or "(from the superblock)"),
         ("image", s.image_path), ("fstype", s.fstype), ("udev_trigger", " ".join(s.subsystems)),
         ("timeout", f"{s.timeout:g} s"), ("init", s.init or "/sbin/init"),
-        ("debug", "on" if s.debug else "off"),
+        ("debug", "on" if flag(params, DEBUG) else "off"),
         ("on failure", f"rd.shell={'yes' if policy.shell else 'no'}, "
                        f"rd.emergency={policy.action}"),
     ]

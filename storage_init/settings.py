@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .cmdline import Param, flag, last_value
+from .cmdline import Param, last_value
 from .config import Config, ConfigError, parse_fstype, parse_image_path
 from .devspec import DeviceSpec, SpecError, parse_spec
+from .emergency import ACTIONS
 
 DEFAULT_TIMEOUT = 30.0
-EMERGENCY_ACTIONS = ("reboot", "poweroff", "halt")
 NEW_ROOT = "/initoverlayfs"
 SCRATCH = "/run/initoverlayfs"  # tmpfs for upper/work/lower; moves into the new root with /run
 
@@ -30,9 +30,6 @@ class Settings:
     subsystems: tuple[str, ...]
     timeout: float
     init: str | None
-    debug: bool
-    shell: bool
-    emergency: str
     kver: str
     warnings: tuple[str, ...] = ()
 
@@ -80,11 +77,12 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
             warnings.append(f"rd.initoverlayfs.timeout={value!r} is not a positive number of "
                             f"seconds; using {DEFAULT_TIMEOUT:g}")
 
-    emergency = last_value(params, "rd.emergency") or "reboot"
-    if emergency not in EMERGENCY_ACTIONS:
-        warnings.append(f"rd.emergency={emergency!r} is not one of {', '.join(EMERGENCY_ACTIONS)}"
+    # The failure policy itself is emergency.Policy, read straight from the command line so it
+    # works even when this resolution fails; here a bad value only gets its warning.
+    emergency = last_value(params, "rd.emergency")
+    if emergency is not None and emergency not in ACTIONS:
+        warnings.append(f"rd.emergency={emergency!r} is not one of {', '.join(ACTIONS)}"
                         "; using reboot")
-        emergency = "reboot"
 
     init = arg("init") or last_value(params, "init") or None
     return Settings(
@@ -96,9 +94,6 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         subsystems=config.udev_trigger or default_subsystems,
         timeout=timeout,
         init=init,
-        debug=bool(flag(params, "rd.initoverlayfs.debug")),
-        shell=bool(flag(params, "rd.shell")),
-        emergency=emergency,
         kver=kver,
         warnings=tuple(warnings),
     )

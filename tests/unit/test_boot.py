@@ -372,6 +372,12 @@ def test_init_missing_prints_one_summary_line(machine: Machine) -> None:
     assert len([line for line in machine.kmsg().splitlines() if " steps in " in line]) == 1
 
 
+def test_debug_0_means_off_as_for_every_dracut_flag(machine: Machine) -> None:
+    machine.cmdline("quiet rd.initoverlayfs.debug=0")
+    machine.boot()
+    assert machine.console() == "" and machine.k.tracer is None
+
+
 def test_debug_shows_every_line_on_the_console(machine: Machine) -> None:
     machine.cmdline("quiet rd.initoverlayfs.debug")
     machine.boot()

@@ -140,7 +140,7 @@ def test_cmdline_overrides_config_and_defaults_apply() -> None:
                        "6.1", DEFAULT_SUBSYSTEMS)
     assert settings.image == "/b.img" and settings.image_path == "/boot/b.img"
     assert settings.bootfstype == "ext4" and settings.fstype == "erofs"
-    assert settings.timeout == 30 and settings.emergency == "halt"
+    assert settings.timeout == 30 and settings.warnings == ()
     assert settings.subsystems == DEFAULT_SUBSYSTEMS
     default = resolve(config, (), "6.1.0-18-amd64", DEFAULT_SUBSYSTEMS)
     assert default.image == "/a.img"
