@@ -27,10 +27,10 @@ from .settings import resolve
 RDINIT, SYSTEMD = "rdinit", "systemd"
 BOTH = frozenset({RDINIT, SYSTEMD})
 API_MOUNTS = (
-    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
-    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
-    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
-    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "CONFIG_PROC_FS"),
+    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "CONFIG_SYSFS"),
+    ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755", "CONFIG_DEVTMPFS"),
+    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", "CONFIG_TMPFS"),
 )
 INIT_CANDIDATES = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
 
@@ -53,8 +53,8 @@ def failing(what: str, hint: str) -> Iterator[None]:
 
 
 def mount_api(boot: Boot) -> None:
-    for source, target, fstype, flags, data in API_MOUNTS:
-        with failing(f"mount {fstype} on {target}", "that the kernel has CONFIG_DEVTMPFS"):
+    for source, target, fstype, flags, data, option in API_MOUNTS:
+        with failing(f"mount {fstype} on {target}", f"that the kernel has {option}"):
             boot.kernel.mkdir(target)
             try:
                 boot.kernel.mount(source, target, fstype, flags, data)
@@ -224,7 +224,7 @@ def exec_init(boot: Boot) -> None:
 
 STEPS = (
     Step("mount-api", mount_api, "mount /proc /sys /dev (devtmpfs) /run",
-         "that the kernel has CONFIG_DEVTMPFS", frozenset({RDINIT})),
+         "the kernel's proc, sysfs, devtmpfs and tmpfs support", frozenset({RDINIT})),
     Step("log", open_log, "log to /dev/kmsg with the storage-init: prefix", "/dev/kmsg"),
     Step("read-cmdline", read_cmdline, "read {cmdline}", "/proc/cmdline"),
     Step("read-config", read_config, "read {config} and apply the kernel command line",

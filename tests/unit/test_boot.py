@@ -6,6 +6,7 @@ import errno
 import json
 
 import pytest
+from pytest_mock import MockerFixture
 
 from storage_init import kernel as real
 from storage_init.emergency import COUNTDOWN
@@ -117,9 +118,12 @@ def test_right_hint_is_used_without_scanning_other_disks(machine: Machine) -> No
     add_disk(machine.k, "sda", machine.disks["gpt"], {1: b"junk" * 1000})
     machine.k.events = []
     machine.config(f"bootfs UUID={BOOT_UUID}\nbootfs_hint /dev/vda1\n")
+    machine.cmdline("rd.initoverlayfs.debug")  # shows each probe
     assert isinstance(machine.boot(), Executed)
     assert ("mount", "/dev/vda1", "/boot", "ext4", "MS_RDONLY", None) in sequence(machine)
-    assert "bootfs_hint" not in machine.kmsg()
+    assert "bootfs_hint" not in machine.console()
+    assert "probed vda1" in machine.console()
+    assert "probed sda" not in machine.console() and "probed vda " not in machine.console()
 
 
 def test_wrong_hint_is_reported_and_the_search_goes_on(machine: Machine) -> None:
@@ -350,6 +354,14 @@ def test_no_kmsg_means_everything_goes_to_the_console(machine: Machine) -> None:
     assert "found bootfs" in machine.console()
 
 
+def test_api_mount_failure_names_the_kernel_option(machine: Machine) -> None:
+    machine.k.errors[("mount", "/dev")] = [errno.ENODEV]
+    machine.cmdline("rd.emergency=poweroff")
+    assert isinstance(machine.boot(), Rebooted)
+    assert ("mount-api: Failed to mount devtmpfs on /dev: No such device; check that the "
+            "kernel has CONFIG_DEVTMPFS") in machine.direct()  # no kmsg without /dev
+
+
 def test_missing_stdio_gets_the_console_once_dev_is_mounted(machine: Machine) -> None:
     machine.k.stdio_missing = True
     assert isinstance(machine.boot(), Executed)
@@ -441,9 +453,8 @@ def test_already_mounted_target_is_detached_not_moved(machine: Machine) -> None:
 
 
 def test_a_bug_in_a_step_still_ends_in_the_emergency_path(
-        machine: Machine, mocker: pytest.FixtureRequest) -> None:
-    mocker.patch("storage_init.devices.Finder.wait",  # type: ignore[attr-defined]
-                 side_effect=KeyError("boom"))
+        machine: Machine, mocker: MockerFixture) -> None:
+    mocker.patch("storage_init.devices.Finder.wait", side_effect=KeyError("boom"))
     machine.cmdline("rd.emergency=poweroff")
     assert isinstance(machine.boot(), Rebooted)
     assert "wait-bootfs crashed: KeyError: 'boom'" in machine.console()
