@@ -35,6 +35,9 @@ class ModuleIndex:
     deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> dependency names
     aliases: tuple[tuple[str, str], ...] = ()  # (glob pattern, module name)
     builtin: frozenset[str] = frozenset()
+    # name -> names or aliases to load first (modules.softdep "pre:"), e.g. ext4 needs
+    # crypto-crc32c at mount time and would ask modprobe for it, which the initramfs lacks.
+    softdeps: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolve(self, wanted: str) -> list[str]:
         """Module names for a name, a module alias (`fs-ext4`) or a device modalias."""
@@ -52,6 +55,9 @@ class ModuleIndex:
             if name in seen or name not in self.paths:
                 return
             seen.add(name)
+            for soft in self.softdeps.get(name, ()):
+                for resolved in self.resolve(soft):
+                    visit(resolved)
             for dep in self.deps.get(name, ()):
                 visit(dep)
             order.append(name)
@@ -87,9 +93,27 @@ def parse_modules_builtin(text: str) -> frozenset[str]:
     return frozenset(module_name(line.strip()) for line in text.splitlines() if line.strip())
 
 
-def parse_index(dep: str, alias: str, builtin: str) -> ModuleIndex:
+def parse_modules_softdep(text: str) -> dict[str, tuple[str, ...]]:
+    """`softdep ext4 pre: crypto-crc32c` -> {"ext4": ("crypto-crc32c",)}; only `pre:` words
+    matter here (they must be loaded before the module; `post:` ones are optional extras)."""
+    pre: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 3 or words[0] != "softdep":
+            continue
+        section = None
+        for word in words[2:]:
+            if word in ("pre:", "post:"):
+                section = word
+            elif section == "pre:":
+                pre.setdefault(module_name(words[1]), []).append(word)
+    return {name: tuple(dict.fromkeys(items)) for name, items in pre.items()}
+
+
+def parse_index(dep: str, alias: str, builtin: str, softdep: str = "") -> ModuleIndex:
     paths, deps = parse_modules_dep(dep)
-    return ModuleIndex(paths, deps, parse_modules_alias(alias), parse_modules_builtin(builtin))
+    return ModuleIndex(paths, deps, parse_modules_alias(alias), parse_modules_builtin(builtin),
+                       parse_modules_softdep(softdep))
 
 
 class _Kernel(Protocol):
@@ -128,7 +152,8 @@ class Loader:
         if not dep:
             log.info(f"no {directory}/modules.dep: drivers are expected to be built in")
         return cls(kernel, log, directory, parse_index(dep, text("modules.alias"),
-                                                       text("modules.builtin")))
+                                                       text("modules.builtin"),
+                                                       text("modules.softdep")))
 
     def load(self, wanted: Iterable[str]) -> list[str]:
         """Load what these names/aliases resolve to; returns the modules newly loaded."""

@@ -13,7 +13,6 @@ data; unrecognised input gives None or an empty dict. Exceptions raised by the r
 """
 
 import struct
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,9 +52,21 @@ def _label(raw: bytes) -> str | None:
     return text or None
 
 
+def format_uuid(raw: bytes) -> str:
+    """16 bytes as 8-4-4-4-12 lowercase hex (the uuid module pulls in `platform` and more,
+    which the frozen binary leaves out)."""
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:32]}"
+
+
+def _mixed_endian(raw: bytes) -> bytes:
+    """GPT GUIDs store their first three fields little-endian."""
+    return raw[3::-1] + raw[5:3:-1] + raw[7:5:-1] + raw[8:16]
+
+
 def _uuid(raw: bytes) -> str | None:
     # blkid does not report an all-zero UUID at all.
-    return str(uuid.UUID(bytes=raw)) if any(raw) else None
+    return format_uuid(raw) if any(raw) else None
 
 
 def _u32(data: bytes, offset: int) -> int:
@@ -284,7 +295,7 @@ def _probe_gpt(read: Reader, sector_size: int) -> dict[int, Partition]:
             continue  # blkid ignores entries outside the usable area
         name = entry[56:128].decode("utf-16-le", "replace").split("\0", 1)[0].rstrip(_C_SPACE)
         number = index + 1
-        partuuid = str(uuid.UUID(bytes_le=entry[16:32]))
+        partuuid = format_uuid(_mixed_endian(entry[16:32]))
         partitions[number] = Partition(number, partuuid, name or None)
     return partitions
 

@@ -89,7 +89,10 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         bootfs=bootfs,
         bootfs_hint=config.bootfs_hint,
         bootfstype=checked("bootfstype", parse_fstype, config.bootfstype),
-        image=checked("fs", parse_image_path, config.fs) or f"/initoverlayfs-{kver}.img",
+        # `$kver` lets one config serve every kernel when the image path is not the default
+        # (e.g. /boot is a directory of the root filesystem: `fs /boot/initoverlayfs-$kver.img`)
+        image=(checked("fs", parse_image_path, config.fs)
+               or f"/initoverlayfs-{kver}.img").replace("$kver", kver),
         fstype=checked("fstype", parse_fstype, config.fstype) or "erofs",
         subsystems=config.udev_trigger or default_subsystems,
         timeout=timeout,

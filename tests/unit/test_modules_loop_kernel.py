@@ -41,6 +41,26 @@ def test_dependencies_load_first_and_once() -> None:
     assert index.resolve("usb:nothing") == []
 
 
+def test_softdep_pre_modules_load_before_the_module_through_their_aliases() -> None:
+    dep = DEP + "kernel/fs/ext4.ko: kernel/jbd2.ko\nkernel/jbd2.ko:\nkernel/crc32c_generic.ko:\n"
+    alias = ALIAS + "alias crypto-crc32c crc32c_generic\n"
+    softdep = ("# comment\nsoftdep ext4 pre: crypto-crc32c post: b\n"
+               "softdep cifs gcm\nsoftdep jbd2 pre: crypto-crc32c\n")
+    index = parse_index(dep, alias, "", softdep)
+    assert index.softdeps == {"ext4": ("crypto-crc32c",), "jbd2": ("crypto-crc32c",)}
+    assert index.load_order(["ext4"]) == ["crc32c_generic", "jbd2", "ext4"]
+    k = FakeKernel()
+    for name in ("fs/ext4", "jbd2", "crc32c_generic"):
+        k.add_file(f"/m/kernel/{name}.ko", b"\x7fELF")
+    k.add_file("/m/modules.dep", dep.encode())
+    k.add_file("/m/modules.alias", alias.encode())
+    k.add_file("/m/modules.softdep", softdep.encode())
+    loader = Loader.from_directory(k, Log(k), "/m")
+    assert loader.load(["ext4"]) == ["crc32c_generic", "jbd2", "ext4"]
+    assert [path for _, path, _ in k.recorded("finit_module")] == [
+        "/m/kernel/crc32c_generic.ko", "/m/kernel/jbd2.ko", "/m/kernel/fs/ext4.ko"]
+
+
 def test_loader_uses_the_compressed_flag_and_falls_back_to_decompressing() -> None:
     import lzma
 

@@ -146,6 +146,9 @@ def test_cmdline_overrides_config_and_defaults_apply() -> None:
     assert default.image == "/a.img"
     nofs = resolve(parse_config("bootfs LABEL=x"), (), "6.1.0-18-amd64", DEFAULT_SUBSYSTEMS)
     assert nofs.image == "/initoverlayfs-6.1.0-18-amd64.img"
+    onroot = resolve(parse_config("bootfs LABEL=x\nfs /boot/initoverlayfs-$kver.img"), (),
+                     "6.1.0-18-amd64", DEFAULT_SUBSYSTEMS)
+    assert onroot.image_path == "/boot/boot/initoverlayfs-6.1.0-18-amd64.img"
 
 
 def test_bad_cmdline_bootfs_is_an_error() -> None:
