@@ -32,9 +32,10 @@ echo "ARGS=$*"
 echo "MARKER=$(cat /etc/marker)"
 echo written-after-boot > /written && echo "READBACK=$(cat /written)"
 [ -s /run/initoverlayfs/timings.json ] && echo "TIMINGS=yes"
-# The old initramfs is freed by a child of storage-init; wait (bounded) until it is gone.
+# The old initramfs is freed by a child of storage-init (the harness, or the frozen /init);
+# wait (bounded) until it is gone.
 i=0
-while grep -qs 'pid1_harnes[s]' /proc/[0-9]*/cmdline && [ $i -lt 100 ]; do
+while grep -qs -e 'pid1_harnes[s]' -e '^/ini[t]' /proc/[0-9]*/cmdline && [ $i -lt 100 ]; do
     sleep 0.1; i=$((i+1))
 done
 echo "MOUNTINFO-BEGIN"

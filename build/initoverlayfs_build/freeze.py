@@ -1,0 +1,193 @@
+"""`initoverlayfs-freeze`: storage-init compiled by Nuitka into a standalone folder that runs as
+PID 1 with nothing else installed.
+
+Why these Nuitka options (measured on this project, see DESIGN.md):
+- standalone, not onefile: onefile unpacks itself to /tmp at every start and stays PID 1;
+- force-unix-binary-name: the binary finds its folder from argv[0], because /proc (which it
+  would otherwise read /proc/self/exe from) is not mounted when the kernel starts PID 1;
+- static libpython where the interpreter has one: one file less to load, no libpython lookup;
+- no_site: no site-packages scan at start;
+- UTF-8 mode (Nuitka takes it from the compiling interpreter's -X utf8): paths and console
+  text are UTF-8 whatever LANG= the kernel command line hands PID 1;
+- nofollow for stdlib parts storage-init never imports at run time (hashing, decimal, pickle,
+  codecs tables...): every module left out is start time and initramfs bytes saved.
+pyudev is kept (the targeted trigger) and libudev.so.1, which it loads by soname at run time
+and no ELF header names, is copied into the folder, where the binary's $ORIGIN rpath finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import storage_init
+
+from . import elf
+from .errors import BuildError
+from .run import need, run
+from .ui import Ui
+
+BINARY = "storage-init"
+STAMP = ".initoverlayfs-freeze"
+INSTALLED = Path("/usr/lib/initoverlayfs/storage-init")
+RUNTIME_LIBRARIES = ("libudev.so.1",)  # dlopen()ed by pyudev through ctypes
+NOT_NEEDED = (
+    # hashing and crypto (libcrypto alone is 4.8 MB)
+    "hashlib", "_hashlib", "_blake2", "_md5", "_sha1", "_sha256", "_sha3", "random", "secrets",
+    "ssl", "_ssl",
+    # data formats and numbers storage-init does not use
+    "decimal", "_decimal", "pickle", "_pickle", "csv", "_csv", "statistics", "_statistics",
+    "unicodedata", "bz2", "_bz2", "zipfile", "tarfile", "tempfile", "sqlite3", "xml", "email",
+    "http", "urllib", "html", "json.tool", "plistlib", "difflib", "pprint",
+    # programs and frameworks
+    "asyncio", "concurrent", "multiprocessing", "unittest", "doctest", "pydoc", "pdb",
+    "tkinter", "curses", "distutils", "setuptools", "pip", "lib2to3", "venv", "idlelib",
+    "platform",
+    # pyudev's GUI-toolkit bindings
+    "pyudev.glib", "pyudev.wx", "pyudev.pyqt4", "pyudev.pyqt5", "pyudev.pyside",
+    "pyudev.pyside2", "pyudev.pyside6", "pyudev._qt_base",
+)
+
+
+@dataclass(frozen=True)
+class Frozen:
+    folder: Path
+    size: int
+    seconds: float  # 0.0 when reused
+
+
+def source_key(python: str = sys.executable) -> str:
+    """A hash of everything that changes the frozen result: storage-init's sources, the
+    Python version, Nuitka's version and this file's options."""
+    digest = hashlib.sha256()
+    package = Path(storage_init.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(sys.version.encode() + python.encode())
+    with contextlib.suppress(metadata.PackageNotFoundError):  # reported when Nuitka runs
+        digest.update(metadata.version("nuitka").encode())
+    return digest.hexdigest()[:16]
+
+
+def nuitka_command(python: str, script: Path, outdir: Path, jobs: int) -> list[str]:
+    static = "yes" if _has_static_libpython() else "no"
+    return [
+        # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
+        python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",
+        "--experimental=force-unix-binary-name", "--python-flag=no_site",
+        "--include-package=pyudev", f"--nofollow-import-to={','.join(NOT_NEEDED)}",
+        f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
+        "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),
+    ]
+
+
+def _has_static_libpython() -> bool:
+    libdir = sysconfig.get_config_var("LIBPL") or ""
+    name = sysconfig.get_config_var("LIBRARY") or ""
+    return bool(libdir and name and Path(libdir, name).is_file())
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def freeze(ui: Ui, output: Path, python: str = sys.executable) -> Frozen:
+    """Compile into a temporary folder beside `output`, then swap it into place."""
+    need("patchelf", "by Nuitka for standalone programs")
+    need("gcc", "by Nuitka to compile storage-init")
+    script = Path(storage_init.__file__).parent / "__main__.py"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".freeze-") as tmp:
+        with ui.step("compiling storage-init with Nuitka (a few minutes)"):
+            run(ui, nuitka_command(python, script, Path(tmp), os.cpu_count() or 1))
+        dist = Path(tmp) / "__main__.dist"
+        if not (dist / BINARY).is_file():
+            raise BuildError(f"Nuitka finished but made no {dist / BINARY}")
+        dirs = elf.search_dirs()
+        for soname in RUNTIME_LIBRARIES:
+            found = next((Path(d) / soname for d in dirs if (Path(d) / soname).is_file()), None)
+            if found is None:
+                raise BuildError(f"{soname} not found in {', '.join(dirs)}",
+                                 "install libudev1 (pyudev loads it at boot)")
+            shutil.copyfile(found.resolve(), dist / soname)
+        (dist / STAMP).write_text(source_key(python) + "\n")
+        old = output.with_name(f".{output.name}.old")
+        if output.exists():
+            os.replace(output, old)
+        os.replace(dist, output)
+        shutil.rmtree(old, ignore_errors=True)
+    return Frozen(output, folder_size(output), time.monotonic() - started)
+
+
+def cache_dir() -> Path:
+    """Where a source checkout keeps its frozen folder between builds."""
+    checkout = Path(storage_init.__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / ".cache" / "storage-init"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "initoverlayfs" / "storage-init"
+
+
+def is_current(folder: Path, python: str = sys.executable) -> bool:
+    stamp = folder / STAMP
+    return stamp.is_file() and stamp.read_text().strip() == source_key(python)
+
+
+def default_frozen(ui: Ui) -> Frozen:
+    """The installed frozen folder; in a source checkout, the cached one, refrozen only when
+    storage-init's sources (or Python, or Nuitka) changed."""
+    if (INSTALLED / BINARY).is_file() and not (
+            Path(storage_init.__file__).resolve().parents[1] / "pyproject.toml").is_file():
+        return Frozen(INSTALLED, folder_size(INSTALLED), 0.0)
+    folder = cache_dir()
+    if is_current(folder):
+        ui.info(f"reusing frozen storage-init in {folder} (sources unchanged)")
+        return Frozen(folder, folder_size(folder), 0.0)
+    return freeze(ui, folder)
+
+
+def check_folder(folder: Path) -> Path:
+    binary = folder / BINARY
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise BuildError(f"{folder} is not a frozen storage-init folder (no executable "
+                         f"{BINARY} in it)", "make one with `initoverlayfs-freeze --output DIR`")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="initoverlayfs-freeze",
+        description="Compile storage-init with Nuitka into a standalone folder (the binary, "
+                    "its extension modules and libudev.so.1) for the mini-initramfs.")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder to create or replace (default: the source checkout's "
+                             "cache, .cache/storage-init)")
+    parser.add_argument("--if-changed", action="store_true",
+                        help="do nothing when the folder was frozen from the same sources")
+    parser.add_argument("--debug", action="store_true", help="show each command as run")
+    args = parser.parse_args(argv)
+    ui = Ui("initoverlayfs-freeze", debug=args.debug)
+    output = (args.output or cache_dir()).absolute()
+    try:
+        if args.if_changed and is_current(output):
+            ui.info(f"{output} is current; nothing to do")
+            return 0
+        frozen = freeze(ui, output)
+    except BuildError as exc:
+        print(f"initoverlayfs-freeze: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"frozen storage-init: {frozen.folder} ({frozen.size / 1e6:.1f} MB, "
+          f"{sum(1 for _ in frozen.folder.iterdir())} files) in {frozen.seconds:.0f} s")
+    return 0

@@ -1,0 +1,292 @@
+"""`initoverlayfs-install`: the mini-initramfs and the initoverlayfs image for one kernel.
+
+Invoked like the C original (`initoverlayfs-install [--kver KVER] [-f]`), plus --sysroot for
+staging trees and image builds: every path is read and written under it. Every check that can
+refuse runs before anything is written, and /boot only changes by atomic renames."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage_init.config import ConfigError, parse_config
+from storage_init.modules import ModuleIndex
+
+from . import compress, cpio, elf, erofs, freeze, fstab, initramfs, kmods, mini, output
+from .errors import BuildError
+from .run import need, run
+from .ui import Ui
+
+PROG = "initoverlayfs-install"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Build /boot/initramfs-KVER.img (the mini-initramfs: storage-init, storage "
+                    "drivers, config) and /boot/initoverlayfs-KVER.img (EROFS: everything "
+                    "else) for one kernel.")
+    p.add_argument("--kver", help="kernel version (default: the running kernel when the "
+                                  "sysroot is /, else the only one installed there)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="replace existing images (without it, existing ones are kept and the "
+                        "build stops, as with dracut)")
+    p.add_argument("--initoverlayfs-init", action="store_true",
+                   help="storage-init is the mini-initramfs's /init (rdinit mode). This is what "
+                        "this builder always makes; the flag is accepted for compatibility "
+                        "with the C original's installer")
+    p.add_argument("--sysroot", type=Path, default=Path("/"),
+                   help="read modules, fstab and config and write the images under this "
+                        "directory (default: /)")
+    p.add_argument("--storage-init", type=Path, metavar="DIR",
+                   help="frozen storage-init folder (default: the installed one; in a source "
+                        "checkout, frozen once and reused while the sources are unchanged)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from-initramfs", type=Path, metavar="FILE",
+                        help="take the initoverlayfs content from an existing initramfs "
+                             "(cpio, optionally after early-microcode segments; gzip, zstd, "
+                             "xz, lz4, bzip2 or uncompressed)")
+    source.add_argument("--from-dir", type=Path, metavar="DIR",
+                        help="take the initoverlayfs content from this tree")
+    host = p.add_mutually_exclusive_group()
+    host.add_argument("--hostonly", dest="hostonly", action="store_true", default=None,
+                      help="only the drivers of the device holding /boot (default when the "
+                           "sysroot is /)")
+    host.add_argument("--no-hostonly", dest="hostonly", action="store_false",
+                      help="the common storage drivers: virtio-blk, virtio-scsi, NVMe, AHCI, "
+                           "SCSI disk, USB storage, MMC/SD (default under another sysroot)")
+    p.add_argument("--add-drivers", default="", metavar='"A B"',
+                   help="more kernel modules (names or aliases) for the mini-initramfs")
+    p.add_argument("--compress", choices=sorted(compress.COMMANDS), default=compress.DEFAULT,
+                   help=f"mini-initramfs compression (default: {compress.DEFAULT})")
+    p.add_argument("--erofs-compression", metavar="ALGO[,LEVEL]",
+                   help="mkfs.erofs -z argument, or none (default: erofs_compression from the "
+                        f"config, else {erofs.PREFERRED} when mkfs.erofs and the kernel "
+                        "support it)")
+    p.add_argument("--debug", action="store_true", help="show each external command as run")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Result:
+    initramfs: Path
+    image: Path
+    initramfs_size: int
+    image_size: int
+    modules: tuple[str, ...]
+    seconds: float
+
+
+def pick_kver(sysroot: Path, requested: str | None) -> str:
+    if requested:
+        return requested
+    if sysroot == Path("/"):
+        return os.uname().release
+    found = sorted({p.name for base in ("lib/modules", "usr/lib/modules")
+                    if (sysroot / base).is_dir() for p in (sysroot / base).iterdir()})
+    if len(found) == 1:
+        return found[0]
+    raise BuildError(f"{len(found)} kernels under {sysroot}: "
+                     f"{', '.join(found) or 'none'}", "pass --kver")
+
+
+def read_config(ui: Ui, sysroot: Path) -> tuple[str | None, dict[str, str]]:
+    """The user's config text (None when missing or blank) and its raw key/values, after
+    checking storage-init would accept it: a config it rejects would fail the boot."""
+    path = sysroot / "etc/initoverlayfs.conf"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, {}
+    except OSError as exc:
+        raise BuildError(f"cannot read {path}: {exc.strerror}") from None
+    if not text.strip():
+        return None, {}
+    try:
+        parsed = parse_config(text)
+    except ConfigError as exc:
+        raise BuildError(f"{path}: {exc}", "storage-init would stop the boot on it; fix "
+                                           "the line") from None
+    for warning in parsed.warnings:
+        ui.warning(f"{path}: {warning}")
+    raw = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and not key.startswith("#"):
+            raw[key] = value.strip()
+    return text, raw
+
+
+def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
+    """Drivers of the device under /boot on this machine, or None when it cannot be told."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    found = kmods.boot_device(mountinfo)
+    if found is None:
+        return None
+    devnum, _ = found
+    try:
+        drivers, aliases = kmods.device_drivers(Path("/sys"), devnum)
+    except BuildError as exc:
+        ui.warning(str(exc))
+        return None
+    names = [*drivers]
+    for alias in aliases:
+        names.extend(index.resolve(alias))
+    ui.info(f"host-only: /boot is on {devnum}; its drivers: {', '.join(names) or 'built in'}")
+    return names
+
+
+def build(ui: Ui, args: argparse.Namespace) -> Result:
+    started = time.monotonic()
+    sysroot = args.sysroot.resolve()
+    if not sysroot.is_dir():
+        raise BuildError(f"the sysroot {sysroot} is not a directory")
+    kver = pick_kver(sysroot, args.kver)
+    boot_dir = sysroot / "boot"
+    names = (f"initramfs-{kver}.img", f"initoverlayfs-{kver}.img")
+
+    # --- every refusal first: nothing is written before these pass ---
+    moddir = kmods.modules_dir(sysroot, kver)
+    mkfs = need("mkfs.erofs", "to make the initoverlayfs image")
+    if not boot_dir.is_dir():
+        raise BuildError(f"{boot_dir} does not exist", "create it, or mount /boot")
+    existing = [n for n in names if (boot_dir / n).exists()]
+    if existing and not args.force:
+        raise BuildError(f"{', '.join(str(boot_dir / n) for n in existing)} already exist(s); "
+                         "nothing was changed", "pass -f to replace them")
+    if args.from_dir is not None and not args.from_dir.is_dir():
+        raise BuildError(f"--from-dir {args.from_dir} is not a directory")
+    unpacked = initramfs.load(ui, args.from_initramfs) if args.from_initramfs else None
+    user_config, raw = read_config(ui, sysroot)
+    if user_config is None:
+        entries = fstab.parse_fstab(_read(sysroot / "etc/fstab", "the /boot entry"))
+        bootfs = fstab.boot_filesystem(entries)
+        config_text = fstab.config_text(bootfs, args.erofs_compression)
+        fstype = bootfs.fstype
+    else:
+        config_text = user_config
+        fstype = raw.get("bootfstype")
+    frozen = (freeze.check_folder(args.storage_init) if args.storage_init
+              else freeze.default_frozen(ui).folder)
+    compression = erofs.choose_compression(
+        ui, mkfs, args.erofs_compression or raw.get("erofs_compression"),
+        sysroot / "boot" / f"config-{kver}")
+
+    # --- modules ---
+    index = kmods.load_index(moddir)
+    hostonly = args.hostonly if args.hostonly is not None else sysroot == Path("/")
+    drivers = host_modules(ui, index) if hostonly else None
+    if hostonly and drivers is None:
+        ui.warning("host-only: cannot tell which device holds /boot; including the common "
+                   "storage drivers instead")
+    if drivers is None:
+        drivers = kmods.generic_drivers()
+    extra = args.add_drivers.split()
+    fstypes = [fstype] if fstype else list(kmods.GENERIC_FS)
+    selection = kmods.select(index, kmods.wanted_modules([*drivers, *extra], fstypes))
+    unknown = [name for name in extra if name in selection.missing]
+    if unknown:
+        raise BuildError(f"--add-drivers: {', '.join(unknown)} is neither a module of {kver} "
+                         f"nor built into it")
+    if selection.missing:
+        ui.info(f"not in {kver} (built in under another name, or absent): "
+                f"{', '.join(selection.missing)}")
+    module_files = kmods.module_files(ui, moddir, index, selection.modules)
+
+    with tempfile.TemporaryDirectory(prefix="initoverlayfs-") as work:
+        workdir = Path(work)
+        # --- the initoverlayfs image ---
+        tree = args.from_dir
+        if tree is None:
+            if unpacked is None:
+                unpacked = initramfs.load(ui, run_dracut(ui, sysroot, kver, hostonly, workdir))
+            tree = workdir / "tree"
+            tree.mkdir()
+            with ui.step(f"unpacking {len(unpacked.entries)} entries of the source initramfs"):
+                initramfs.extract(ui, unpacked.entries, tree)
+        image = workdir / "image.erofs"
+        erofs.make_image(ui, tree, image, compression=compression, kver=kver,
+                         epoch=source_date_epoch())
+
+        # --- the mini-initramfs ---
+        libraries = elf.closure(mini.frozen_programs(frozen), elf.search_dirs(),
+                                provided=[frozen])
+        locale = mini.find_locale()
+        if locale is None:
+            ui.warning("no C.UTF-8 locale on this system (/usr/lib/locale/C.utf8): "
+                       "a LANG= on the kernel command line will stop storage-init")
+        content = mini.build_tree(frozen, libraries, module_files, kver, config_text.encode(),
+                                  locale)
+        archive = cpio.write(content.entries.values(), source_date_epoch())
+        with ui.step(f"compressing the mini-initramfs ({args.compress})"):
+            packed = compress.compress(ui, args.compress, archive)
+        early = unpacked.early if unpacked is not None else b""
+        initramfs_bytes = early + packed
+
+        # the image first, the file the bootloader loads last (see output.install)
+        output.install(boot_dir, [output.Output(names[1], image),
+                                  output.Output(names[0], initramfs_bytes)])
+        if user_config is None:
+            output.write_file_atomically(sysroot / "etc/initoverlayfs.conf",
+                                         config_text.encode())
+            ui.info(f"wrote {sysroot / 'etc/initoverlayfs.conf'} from /etc/fstab")
+        return Result(boot_dir / names[0], boot_dir / names[1], len(initramfs_bytes),
+                      image.stat().st_size, selection.modules, time.monotonic() - started)
+
+
+def run_dracut(ui: Ui, sysroot: Path, kver: str, hostonly: bool, workdir: Path) -> Path:
+    """The default content: what dracut would make for this kernel."""
+    dracut = need("dracut", "to make the initoverlayfs content (or pass --from-dir or "
+                            "--from-initramfs)")
+    target = workdir / "dracut.img"
+    argv = [dracut, "--force", "--kver", kver, "--hostonly" if hostonly else "--no-hostonly"]
+    if sysroot != Path("/"):
+        argv += ["--sysroot", os.fspath(sysroot)]
+    with ui.step(f"running dracut for {kver}"):
+        run(ui, [*argv, os.fspath(target)])
+    return target
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return int(time.time())
+    try:
+        return int(value)
+    except ValueError:
+        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds") from None
+
+
+def _read(path: Path, why: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise BuildError(f"cannot read {path} for {why}: {exc.strerror}",
+                         "write /etc/initoverlayfs.conf yourself (see README)") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ui = Ui(PROG, debug=args.debug, quiet=args.quiet)
+    try:
+        result = build(ui, args)
+    except BuildError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; /boot was not changed", file=sys.stderr)
+        return 130
+    ui.info(f"{result.initramfs}: {result.initramfs_size} bytes "
+            f"({len(result.modules)} modules)")
+    ui.info(f"{result.image}: {result.image_size} bytes")
+    ui.info(f"done in {result.seconds:.1f} s")
+    return 0

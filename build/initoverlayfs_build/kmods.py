@@ -1,0 +1,193 @@
+"""Which kernel modules go into the mini-initramfs, and their files and index there.
+
+The closure is computed with storage-init's own parsers (storage_init.modules), so the builder
+ships exactly what the loader at boot will look for: every module, its modules.dep dependencies
+and its modules.softdep `pre:` modules. Modules are stored decompressed (the kernel then needs
+no in-kernel decompression, and storage-init needs no zstd), with modules.dep, modules.alias
+and modules.softdep trimmed to what is shipped."""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage_init.modules import COMPRESSED_SUFFIXES, ModuleIndex, module_name, parse_index
+
+from .errors import BuildError
+from .run import need, run
+from .ui import Ui
+
+# Always needed: the loop device, the image's filesystem and the overlay.
+CORE = ("loop", "erofs", "overlay")
+# The common storage families of a generic (not host-only) mini-initramfs, by what they drive.
+GENERIC = {
+    "virtio-blk": ("virtio_pci", "virtio_blk"),
+    "virtio-scsi": ("virtio_pci", "virtio_scsi", "sd_mod"),
+    "nvme": ("nvme",),
+    "ahci": ("ahci", "sd_mod"),
+    "scsi-disk": ("sd_mod",),
+    "usb-storage": ("xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "usb_storage", "uas",
+                    "sd_mod"),
+    "mmc": ("mmc_block", "sdhci_pci", "sdhci_acpi"),
+}
+# A bootfs filesystem and what its mount asks modprobe for (which the initramfs does not have).
+FS_EXTRAS = {"vfat": ("nls_cp437", "nls_iso8859_1", "nls_utf8"), "msdos": ("nls_cp437",)}
+GENERIC_FS = ("ext4", "xfs", "btrfs", "vfat")
+
+
+def modules_dir(sysroot: Path, kver: str) -> Path:
+    for base in ("lib/modules", "usr/lib/modules"):
+        candidate = sysroot / base / kver
+        if candidate.is_dir():
+            if not (candidate / "modules.dep").is_file():
+                raise BuildError(f"{candidate}/modules.dep is missing",
+                                 f"run `depmod -b {sysroot} {kver}` (the kernel package's "
+                                 "post-install step) and try again")
+            return candidate
+    raise BuildError(f"no modules for kernel {kver} under {sysroot}: neither "
+                     f"{sysroot}/lib/modules/{kver} nor {sysroot}/usr/lib/modules/{kver} exists",
+                     "install that kernel's modules, or pass the right --kver")
+
+
+def load_index(directory: Path) -> ModuleIndex:
+    def text(name: str) -> str:
+        path = directory / name
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    return parse_index(text("modules.dep"), text("modules.alias"), text("modules.builtin"),
+                       text("modules.softdep"))
+
+
+@dataclass(frozen=True)
+class Selection:
+    modules: tuple[str, ...]  # in load order
+    builtin: tuple[str, ...]  # wanted, and built into the kernel
+    missing: tuple[str, ...]  # wanted, and neither a module nor built in
+
+
+def select(index: ModuleIndex, wanted: Iterable[str]) -> Selection:
+    names: list[str] = []
+    builtin: list[str] = []
+    missing: list[str] = []
+    for item in dict.fromkeys(wanted):
+        resolved = index.resolve(item)
+        if not resolved and item.startswith("fs-") and module_name(item[3:]) in index.builtin:
+            builtin.append(module_name(item[3:]))  # built-in filesystems have no fs- alias file
+        elif not resolved:
+            missing.append(item)
+        for name in resolved:
+            (builtin if name in index.builtin and name not in index.paths else names).append(
+                name)
+    return Selection(tuple(index.load_order(names)), tuple(dict.fromkeys(builtin)),
+                     tuple(missing))
+
+
+def wanted_modules(drivers: Iterable[str], fstypes: Iterable[str]) -> list[str]:
+    wanted = list(CORE)
+    for fstype in fstypes:
+        wanted.append(f"fs-{fstype}")
+        wanted.extend(FS_EXTRAS.get(fstype, ()))
+    wanted.extend(drivers)
+    return wanted
+
+
+def generic_drivers() -> list[str]:
+    return [m for family in GENERIC.values() for m in family]
+
+
+# --- host-only: the drivers of the device that holds /boot ------------------------------------
+
+def boot_device(mountinfo: str, target: str = "/boot") -> tuple[str, str] | None:
+    """(major:minor, fstype) of the filesystem mounted at `target`, else of `/`."""
+    found: dict[str, tuple[str, str]] = {}
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if sep and len(fields) >= 5 and tail:
+            found[fields[4]] = (fields[2], tail[0])
+    return found.get(target) or found.get("/")
+
+
+def device_drivers(sysfs: Path, devnum: str) -> tuple[list[str], list[str]]:
+    """The driver modules and modaliases of a block device and every parent up its sysfs path:
+    the disk's own driver, its controller's, the bus bridge's... (host-only selection)."""
+    try:
+        node = (sysfs / "dev/block" / devnum).resolve(strict=True)
+    except OSError:
+        raise BuildError(f"no {sysfs}/dev/block/{devnum} for the /boot device",
+                         "use --no-hostonly to include the common storage drivers") from None
+    drivers: list[str] = []
+    aliases: list[str] = []
+    devices_root = (sysfs / "devices").resolve()
+    while node != devices_root and devices_root in node.parents:
+        module_link = node / "driver" / "module"
+        if module_link.exists():
+            drivers.append(module_link.resolve().name)
+        elif (node / "driver").exists():
+            drivers.append((node / "driver").resolve().name)
+        modalias = node / "modalias"
+        if modalias.is_file():
+            value = modalias.read_text().strip()
+            if value:
+                aliases.append(value)
+        node = node.parent
+    return list(dict.fromkeys(drivers)), list(dict.fromkeys(aliases))
+
+
+# --- the files ---------------------------------------------------------------------------------
+
+def module_files(ui: Ui, directory: Path, index: ModuleIndex,
+                 names: Iterable[str]) -> dict[str, bytes]:
+    """Relative path -> decompressed content of each module, plus the trimmed index files."""
+    files: dict[str, bytes] = {}
+    shipped: dict[str, str] = {}
+    for name in names:
+        source = index.paths[name]
+        target = source
+        for suffix in COMPRESSED_SUFFIXES:
+            if source.endswith(suffix):
+                target = source[: -len(suffix)] + ".ko"
+        files[target] = _decompress(ui, directory / source)
+        shipped[name] = target
+    dep_lines = [f"{shipped[n]}: " + " ".join(shipped[d] for d in index.deps.get(n, ())
+                                              if d in shipped) for n in shipped]
+    files["modules.dep"] = "".join(line.rstrip() + "\n" for line in dep_lines).encode()
+    files["modules.alias"] = _trimmed(directory / "modules.alias", shipped, r"alias \S+ (\S+)")
+    files["modules.softdep"] = _trimmed(directory / "modules.softdep", shipped,
+                                        r"softdep (\S+) ")
+    builtin = directory / "modules.builtin"
+    files["modules.builtin"] = builtin.read_bytes() if builtin.is_file() else b""
+    return files
+
+
+def _trimmed(path: Path, shipped: dict[str, str], pattern: str) -> bytes:
+    if not path.is_file():
+        return b""
+    rule = re.compile(pattern)
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        match = rule.match(line)
+        if match and module_name(match.group(1)) in shipped:
+            keep.append(line + "\n")
+    return "".join(keep).encode()
+
+
+def _decompress(ui: Ui, path: Path) -> bytes:
+    data = path.read_bytes()
+    name = path.name
+    try:
+        if name.endswith(".ko.xz"):
+            return lzma.decompress(data)
+        if name.endswith(".ko.gz"):
+            return gzip.decompress(data)
+    except (lzma.LZMAError, OSError, EOFError) as exc:
+        raise BuildError(f"cannot decompress module {path}: {exc}") from None
+    if name.endswith(".ko.zst"):
+        return run(ui, [need("zstd", "to decompress .ko.zst modules"), "-d", "-c", "-q",
+                        os.fspath(path)])
+    return data

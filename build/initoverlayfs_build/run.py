@@ -1,0 +1,65 @@
+"""Every external tool runs through `run()`: logged exactly as run in debug mode, and a failure
+names the command, its exit status and the end of what it printed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from .errors import BuildError
+from .ui import Ui
+
+# Where each tool comes from on Debian, for the hint when it is missing.
+PACKAGES = {
+    "mkfs.erofs": "erofs-utils",
+    "zstd": "zstd",
+    "lz4": "lz4",
+    "xz": "xz-utils",
+    "gzip": "gzip",
+    "bzip2": "bzip2",
+    "dracut": "dracut",
+    "patchelf": "patchelf",
+}
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def which(tool: str) -> str | None:
+    """A tool on PATH, or in the sbin directories a non-login root shell may lack."""
+    return shutil.which(tool) or shutil.which(tool, path=SBIN)
+
+
+def need(tool: str, why: str) -> str:
+    path = which(tool)
+    if path is None:
+        package = PACKAGES.get(tool, tool)
+        raise BuildError(f"{tool} is not installed; it is needed {why}",
+                         f"install it (Debian/Ubuntu: apt-get install {package}; "
+                         f"Fedora: dnf install {package})")
+    return path
+
+
+def run(ui: Ui, argv: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None, cwd: str | None = None,
+        env: Mapping[str, str] | None = None, merge_stderr: bool = False) -> bytes:
+    """Run a command; return its stdout (with stderr when `merge_stderr`, for tools that
+    print their help there) unless `stdout` is a file it writes to instead."""
+    ui.command(argv, cwd)
+    data, stream = (stdin, None) if isinstance(stdin, bytes) else (None, stdin)
+    try:
+        result = subprocess.run(
+            list(argv), input=data, stdin=stream, stdout=stdout or subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, cwd=cwd,
+            env=None if env is None else {**os.environ, **env}, check=False)
+    except FileNotFoundError:
+        raise BuildError(f"{argv[0]} is not installed",
+                         f"install {PACKAGES.get(os.path.basename(argv[0]), argv[0])}") from None
+    if result.returncode != 0:
+        printed = result.stdout if merge_stderr else result.stderr
+        tail = (printed or b"").decode(errors="replace").strip().splitlines()[-8:]
+        raise BuildError(f"{shlex.join(argv)} failed with exit status {result.returncode}"
+                         + ("".join(f"\n  | {line}" for line in tail) if tail else ""))
+    return result.stdout if stdout is None else b""

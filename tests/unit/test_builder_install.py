@@ -1,0 +1,161 @@
+"""initoverlayfs-install end to end with real mkfs.erofs, zstd and cpio on a fixture sysroot
+(a stand-in ELF program as the frozen folder, so no Nuitka here), every refusal leaving /boot
+as it was, and the atomic pair."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from initoverlayfs_build import cpio, install, output
+from initoverlayfs_build.errors import BuildError
+
+from .test_builder_modules import moddir  # noqa: F401 - the fixture tree of modules
+
+KVER = "6.1.0-test"
+
+
+@pytest.fixture
+def sysroot(tmp_path: Path, moddir: Path) -> Path:  # noqa: F811
+    root = tmp_path
+    (root / "boot").mkdir()
+    (root / "etc").mkdir()
+    (root / "etc/fstab").write_text("UUID=0123-4567 /boot vfat defaults 0 2\n")
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    shutil.copy(shutil.which("true") or "/bin/true", frozen / "storage-init")
+    content = tmp_path / "content"
+    (content / "sbin").mkdir(parents=True)
+    (content / "sbin/init").write_text("#!/bin/sh\necho real init\n")
+    (content / "sbin/init").chmod(0o755)
+    return root
+
+
+def args(sysroot: Path, *extra: str) -> list[str]:
+    return ["--sysroot", str(sysroot), "--kver", KVER, "--storage-init",
+            str(sysroot / "frozen"), "--from-dir", str(sysroot / "content"), "-q", *extra]
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.iterdir())}
+
+
+def test_install_builds_both_images_and_the_config(sysroot: Path) -> None:
+    assert install.main(args(sysroot, "--compress", "zstd")) == 0
+    initrd = sysroot / f"boot/initramfs-{KVER}.img"
+    image = sysroot / f"boot/initoverlayfs-{KVER}.img"
+    assert stat.S_IMODE(initrd.stat().st_mode) == 0o600
+    assert not [p for p in (sysroot / "boot").iterdir() if p.name.startswith(".")]
+    config = (sysroot / "etc/initoverlayfs.conf").read_text()
+    assert "bootfs UUID=0123-4567\nbootfstype vfat\n" in config
+
+    archive = subprocess.run(["zstd", "-d", "-c"], stdin=initrd.open("rb"),
+                             capture_output=True, check=True).stdout
+    entries = {e.name: e for e in cpio.read_all(archive)}
+    assert entries["init"].data == b"usr/lib/initoverlayfs/storage-init"
+    assert entries["dev/console"].rdev == (5, 1)
+    assert entries["etc/initoverlayfs.conf"].data.decode() == config
+    for point in ("proc", "sys", "dev", "run", "boot", "initoverlayfs"):
+        assert stat.S_ISDIR(entries[point].mode)
+    assert entries["usr/lib/initoverlayfs/storage-init"].mode & 0o111
+    assert any(name.startswith("lib") and "libc.so" in name for name in entries)
+    modules = {n.rsplit("/", 1)[1] for n in entries if n.endswith(".ko")}
+    # generic (the sysroot is not /): the fixture kernel's virtio family; no vfat in it
+    assert modules == {"virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_blk.ko"}
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=archive, capture_output=True,
+                             check=True).stdout.decode().split()
+    assert sorted(listing) == sorted(entries)
+
+    fsck = subprocess.run(["fsck.erofs", str(image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_two_builds_with_the_same_epoch_are_identical(sysroot: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert install.main(args(sysroot)) == 0
+    first = snapshot(sysroot / "boot")
+    (sysroot / "content/sbin/init").touch()  # a new mtime must not change the bytes
+    assert install.main(args(sysroot, "-f")) == 0
+    assert snapshot(sysroot / "boot") == first
+
+
+def test_generic_selection_ships_the_fixture_kernels_modules(sysroot: Path) -> None:
+    (sysroot / "etc/fstab").write_text("LABEL=b /boot ext4 defaults 0 2\n")
+    assert install.main(args(sysroot, "--compress", "none", "--add-drivers", "virtio_blk")) == 0
+    archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
+    names = {e.name for e in cpio.read_all(archive)}
+    base = f"lib/modules/{KVER}/kernel"
+    assert {f"{base}/fs/ext4/ext4.ko", f"{base}/crypto/crc32c_generic.ko",
+            f"{base}/drivers/block/virtio_blk.ko", f"{base}/drivers/virtio/virtio_pci.ko"} <= names
+    assert f"{base}/drivers/unrelated.ko" not in names
+
+
+def test_a_users_config_is_never_overwritten(sysroot: Path) -> None:
+    mine = "# mine\nbootfs LABEL=mine\nbootfstype xfs\n"
+    (sysroot / "etc/initoverlayfs.conf").write_text(mine)
+    assert install.main(args(sysroot, "--compress", "none")) == 0
+    assert (sysroot / "etc/initoverlayfs.conf").read_text() == mine
+    archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
+    assert {e.name: e.data for e in cpio.read_all(archive)}["etc/initoverlayfs.conf"] == (
+        mine.encode())
+
+
+@pytest.mark.parametrize("case", ["no-modules", "no-mkfs", "bad-initramfs", "exists",
+                                  "bad-config", "unknown-driver", "bad-frozen"])
+def test_refusals_change_nothing_and_say_what_to_do(
+        sysroot: Path, case: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (sysroot / f"boot/initramfs-{KVER}.img").write_bytes(b"previous initramfs")
+    (sysroot / f"boot/initoverlayfs-{KVER}.img").write_bytes(b"previous image")
+    before = snapshot(sysroot / "boot")
+    argv = args(sysroot, "-f")
+    expected = {
+        "no-modules": "no modules for kernel 9.9",
+        "no-mkfs": "mkfs.erofs is not installed",
+        "bad-initramfs": "cannot read the source initramfs",
+        "exists": "pass -f to replace them",
+        "bad-config": "initoverlayfs.conf: line 1 (bootfs)",
+        "unknown-driver": "--add-drivers: no_such_driver",
+        "bad-frozen": "is not a frozen storage-init folder",
+    }[case]
+    if case == "no-modules":
+        argv[argv.index(KVER)] = "9.9"
+    elif case == "no-mkfs":
+        monkeypatch.setenv("PATH", str(sysroot / "content"))
+        monkeypatch.setattr("initoverlayfs_build.run.SBIN", str(sysroot / "content"))
+    elif case == "bad-initramfs":
+        at = argv.index("--from-dir")
+        argv[at:at + 2] = ["--from-initramfs", str(sysroot / "missing.img")]
+    elif case == "exists":
+        argv.remove("-f")
+    elif case == "bad-config":
+        (sysroot / "etc/initoverlayfs.conf").write_text("bootfs sda1\n")
+    elif case == "unknown-driver":
+        argv += ["--add-drivers", "no_such_driver"]
+    elif case == "bad-frozen":
+        (sysroot / "frozen/storage-init").unlink()
+    assert install.main(argv) == 1
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert snapshot(sysroot / "boot") == before
+    assert case == "bad-config" or not (sysroot / "etc/initoverlayfs.conf").exists()
+
+
+def test_the_pair_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    (tmp_path / "a.img").write_bytes(b"old a")
+    (tmp_path / "b.img").write_bytes(b"old b")
+    (tmp_path / "unreadable").mkdir()  # stat() works, reading fails half-way through the pair
+    with pytest.raises(BuildError, match="previous files are untouched"):
+        output.install(tmp_path, [output.Output("a.img", b"new a"),
+                                  output.Output("b.img", tmp_path / "unreadable")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.img", "b.img", "unreadable"]
+    assert (tmp_path / "a.img").read_bytes() == b"old a"
+    output.install(tmp_path, [output.Output("a.img", b"new a"), output.Output("b.img", b"new b")])
+    assert (tmp_path / "a.img").read_bytes() + (tmp_path / "b.img").read_bytes() == (
+        b"new anew b")
