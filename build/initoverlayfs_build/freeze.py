@@ -7,6 +7,9 @@ Why these Nuitka options (measured on this project, see DESIGN.md):
   would otherwise read /proc/self/exe from) is not mounted when the kernel starts PID 1;
 - static libpython where the interpreter has one: one file less to load, no libpython lookup;
 - no_site: no site-packages scan at start;
+- static_hashes: no hash randomization seed. Early in boot the kernel's entropy pool is not
+  ready and /dev/urandom does not exist yet, and a real Debian kernel in QEMU stopped the
+  binary with "Fatal Python error: _Py_HashRandomization_Init: failed to get random numbers";
 - UTF-8 mode (Nuitka takes it from the compiling interpreter's -X utf8): paths and console
   text are UTF-8 whatever LANG= the kernel command line hands PID 1;
 - nofollow for stdlib parts storage-init never imports at run time (hashing, decimal, pickle,
@@ -86,6 +89,7 @@ def nuitka_command(python: str, script: Path, outdir: Path, jobs: int) -> list[s
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
         python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",
         "--experimental=force-unix-binary-name", "--python-flag=no_site",
+        "--python-flag=static_hashes",
         "--include-package=pyudev", f"--nofollow-import-to={','.join(NOT_NEEDED)}",
         f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
         "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),
