@@ -15,12 +15,13 @@ COMMANDS: dict[str, list[str]] = {
     "xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-T1", "-c"],
     "none": [],
 }
-# Chosen by measurement (scripts/measure-builder, Debian cloud kernel, README "Choices"):
-# lz4 -12 made 9.6 MB that decompressed in 19 ms; zstd -19 6.7 MB in 62 ms; gzip 8.4 MB in
-# 195 ms; xz 6.3 MB in 557 ms. lz4's 2.9 MB more cost less than its 43 ms saved whenever the
-# bootloader reads faster than ~68 MB/s (eMMC, NVMe, SATA SSDs, and QEMU's -initrd), which is
-# where boot time matters here; on slower media, pass --compress zstd.
-DEFAULT = "lz4"
+# Chosen by measurement (scripts/measure-builder and real boots; README "Choices"): zstd -19
+# made 6.7 MB that decompressed in 62 ms; lz4 9.6 MB in 19 ms; gzip 8.4 MB in 195 ms; xz 6.3 MB
+# in 557 ms. lz4 unpacks fastest, but the kernel reads its legacy frame to the end of the
+# data: anything after it (a second initrd a bootloader concatenates, an appended cpio) makes
+# a real Debian kernel report "Initramfs unpacking failed: Decoding failed". zstd is the
+# smallest of the fast ones and ends where its frame ends.
+DEFAULT = "zstd"
 
 
 def compress(ui: Ui, method: str, data: bytes) -> bytes:

@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--add-drivers", default="", metavar='"A B"',
                    help="more kernel modules (names or aliases) for the mini-initramfs")
     p.add_argument("--compress", choices=sorted(compress.COMMANDS), default=compress.DEFAULT,
-                   help=f"mini-initramfs compression (default: {compress.DEFAULT})")
+                   help=f"mini-initramfs compression (default: {compress.DEFAULT}; lz4 "
+                        "unpacks faster, but the kernel cannot read anything concatenated "
+                        "after an lz4 initramfs)")
     p.add_argument("--erofs-compression", metavar="ALGO[,LEVEL]",
                    help="mkfs.erofs -z argument, or none (default: erofs_compression from the "
                         f"config, else {erofs.PREFERRED} when mkfs.erofs and the kernel "

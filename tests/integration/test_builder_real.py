@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import cpio, initramfs, install
+from initoverlayfs_build import cpio, initramfs, install, kmods
 from initoverlayfs_build.freeze import Frozen, default_frozen
 from initoverlayfs_build.ui import Ui
 
@@ -73,7 +73,7 @@ def build(sysroot: Path, kver: str, frozen: Frozen, *extra: str) -> None:
                          "--storage-init", str(frozen.folder), "-q", *extra]) == 0
 
 
-def unpack(path: Path, tool_name: str = "lz4") -> bytes:
+def unpack(path: Path, tool_name: str = "zstd") -> bytes:
     return subprocess.run([tool_name, "-d", "-c"], stdin=path.open("rb"), capture_output=True,
                           check=True).stdout
 
@@ -130,8 +130,8 @@ def test_cloud_kernel_images(tmp_path: Path, cloud: DebianKernel, frozen: Frozen
 def test_generic_kernel_ships_modular_storage_and_ext4_with_its_softdeps(
         tmp_path: Path, generic: DebianKernel, frozen: Frozen, content: Path) -> None:
     sysroot = make_sysroot(tmp_path, generic, "UUID=1b2c /boot ext4 defaults 0 2\n")
-    build(sysroot, generic.kver, frozen, "--from-dir", str(content), "--compress", "zstd")
-    archive = unpack(sysroot / f"boot/initramfs-{generic.kver}.img", "zstd")
+    build(sysroot, generic.kver, frozen, "--from-dir", str(content), "--compress", "lz4")
+    archive = unpack(sysroot / f"boot/initramfs-{generic.kver}.img", "lz4")
     entries = {e.name: e for e in cpio.read_all(archive)}
     shipped = {Path(n).name for n in entries if n.endswith(".ko")}
     for module in ("ext4", "virtio_blk", "virtio_scsi", "nvme", "ahci", "sd_mod", "uas",
@@ -164,7 +164,7 @@ def test_from_an_existing_initramfs_keeps_early_microcode(
     initrd = (sysroot / f"boot/initramfs-{cloud.kver}.img").read_bytes()
     assert initrd.startswith(early)
     segments = initramfs.split(initrd)
-    assert [s.kind for s in segments] == ["cpio", "lz4"]  # the default compression
+    assert [s.kind for s in segments] == ["cpio", "zstd"]  # the default compression
     fsck = subprocess.run([tool("fsck.erofs", "erofs-utils"), f"--extract={tmp_path / 'x'}",
                            str(sysroot / f"boot/initoverlayfs-{cloud.kver}.img")],
                           capture_output=True, text=True)
@@ -285,3 +285,22 @@ def test_frozen_binary_failure_names_the_image_and_ends_pid1(
     # a PID namespace's init ends the namespace with SIGHUP
     assert done.returncode in (-signal.SIGHUP, 128 + signal.SIGHUP), (
         done.returncode, done.stderr)
+
+
+def test_hostonly_finds_this_machines_disk_drivers_in_a_real_kernel(
+        generic: DebianKernel) -> None:
+    """The real /sys of this machine: the first disk that is not virtual, walked up to its
+    controller, resolved against the generic kernel's modules.alias."""
+    disks = [link for link in sorted(Path("/sys/dev/block").iterdir())
+             if "/virtual/" not in os.path.realpath(link)]
+    if not disks:
+        pytest.fail("this machine has no non-virtual block device to walk (CI runs on one)")
+    drivers, aliases = kmods.device_drivers(Path("/sys"), disks[0].name)
+    index = kmods.load_index(generic.modules)
+    resolved = {name for alias in aliases for name in index.resolve(alias)}
+    resolved |= {name for driver in drivers for name in index.resolve(driver)}
+    path = os.path.realpath(disks[0])
+    if "/virtio" in path:
+        assert {"virtio_blk", "virtio_pci"} <= resolved, (path, drivers, aliases)
+    assert resolved, (path, drivers, aliases)
+    assert kmods.select(index, resolved).modules  # loadable modules of the generic kernel
