@@ -19,6 +19,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
+# loop ioctls (linux/loop.h), named in the debug trace
+LOOP_SET_FD = 0x4C00
+LOOP_CLR_FD = 0x4C01
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+IOCTL_NAMES = {LOOP_SET_FD: "LOOP_SET_FD", LOOP_CLR_FD: "LOOP_CLR_FD",
+               LOOP_SET_STATUS64: "LOOP_SET_STATUS64", LOOP_CONFIGURE: "LOOP_CONFIGURE",
+               LOOP_CTL_GET_FREE: "LOOP_CTL_GET_FREE"}
+
 # <linux/mount.h>
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -267,7 +277,7 @@ class Kernel:
         os.write(fd, data)
 
     def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes:
-        call = f"ioctl({fd}, {request:#x}, {_fmt(arg)})"
+        call = f"ioctl({fd}, {IOCTL_NAMES.get(request, hex(request))}, {_fmt(arg)})"
         result = self._os_call(call, None, lambda: fcntl.ioctl(fd, request, arg))
         assert isinstance(result, (int, bytes))
         return result

@@ -13,11 +13,14 @@ import os
 import struct
 from typing import Protocol
 
-LOOP_SET_FD = 0x4C00
-LOOP_CLR_FD = 0x4C01
-LOOP_SET_STATUS64 = 0x4C04
-LOOP_CONFIGURE = 0x4C0A
-LOOP_CTL_GET_FREE = 0x4C82
+from .kernel import (  # defined at the syscall boundary, whose trace names them
+    LOOP_CLR_FD,
+    LOOP_CONFIGURE,
+    LOOP_CTL_GET_FREE,
+    LOOP_SET_FD,
+    LOOP_SET_STATUS64,
+)
+
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
 LO_NAME_SIZE = 64

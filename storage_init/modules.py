@@ -189,6 +189,11 @@ class Loader:
         except OSError as exc:
             if exc.errno == errno.EEXIST:
                 return False  # loaded before us (or by udevd in --systemd mode): fine
+            if exc.errno == errno.ENODEV:
+                # the module's hardware is absent (crc32c_intel on a CPU without SSE4.2, one
+                # of several matches of an alias): expected, as modprobe treats it
+                self.log.debug(f"module {name}: no device for it here")
+                return False
             if compressed and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOEXEC):
                 return self._insert_decompressed(name, path)
             self.failed[name] = exc.strerror or str(exc)

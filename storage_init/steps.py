@@ -168,7 +168,8 @@ def mount_image(boot: Boot) -> None:
     s = boot.need_settings()
     lower = f"{boot.paths.scratch}/lower"
     with failing(f"mount {s.image_path} ({boot.loop_device}) as {s.fstype} on {lower}",
-                 f"that {s.image_path} is a {s.fstype} image (rerun initoverlayfs-install), "
+                 f"that {s.image_path} is a filesystem image of type {s.fstype} "
+                 "(rerun initoverlayfs-install), "
                  "and fstype in /etc/initoverlayfs.conf or rd.initoverlayfs.fstype="):
         assert boot.loop_device is not None and boot.loop_fd is not None
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from storage_init import kernel as real
-from storage_init.loop import LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_SET_STATUS64
+from storage_init.kernel import LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_SET_STATUS64
 
 IOCTL_NAMES = {
     LOOP_CTL_GET_FREE: "LOOP_CTL_GET_FREE",

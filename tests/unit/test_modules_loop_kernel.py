@@ -137,3 +137,17 @@ def test_real_kernel_removes_a_tree_without_crossing_devices(tmp_path: Path) -> 
     finally:
         os.close(fd)
     assert (tmp_path / "keep").exists()
+
+
+def test_a_module_without_its_hardware_is_not_a_failure() -> None:
+    """ENODEV (crc32c_intel on a CPU without SSE4.2) is expected, as for modprobe: no warning,
+    and not listed among the failures a timeout message reports."""
+    k = FakeKernel()
+    k.add_file("/m/kernel/d-e.ko", b"\x7fELF")
+    k.errors[("finit_module", "/m/kernel/d-e.ko")] = [errno.ENODEV]
+    log = Log(k)
+    log.console_fd = 2  # no kmsg: everything not debug would reach this console
+    loader = Loader(k, log, "/m", parse_index(DEP, ALIAS, ""))
+    assert loader.load(["d_e"]) == []
+    assert loader.failed == {}
+    assert b"".join(k.written.get("fd2", [])) == b""

@@ -1,0 +1,125 @@
+"""The artifacts every VM boot shares, built once: for each Debian kernel, the mini-initramfs
+and EROFS image made by `initoverlayfs-install --sysroot`; one GPT disk (an EFI system
+partition and the ext4 bootfs holding every image) made with sgdisk, mkfs.vfat and
+`mkfs.ext4 -d`, without mounting anything."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from initoverlayfs_build import cpio, install
+
+from tests.support.debian_kernel import DebianKernel
+
+HERE = Path(__file__).resolve().parent
+# Fixed identities of the bootfs, so every scenario can name it every way.
+FS_UUID = "5b4a0c1e-7d51-4f0e-9a43-1f0e2d3c4b5a"
+FS_LABEL = "IOFSBOOT"
+PART_UUID = "0e9f7a52-3c1b-4d6e-8f20-6a5b4c3d2e1f"
+PART_LABEL = "iofs-boot"
+APPLETS = ("sh", "cat", "grep", "awk", "sed", "tr", "dmesg", "sleep", "poweroff", "ls", "echo")
+MARKER = "from-the-erofs-image"
+
+
+@dataclass(frozen=True)
+class KernelImages:
+    kernel: DebianKernel
+    initramfs: Path  # the mini-initramfs
+    image: Path  # the EROFS image
+    unpacked_bytes: int  # the mini-initramfs's cpio size, what the kernel unpacks into RAM
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path
+    bootfs_start: int  # byte offset of the bootfs partition
+
+
+def content_tree(root: Path, *, with_init: bool = True) -> Path:
+    """A busybox system; /sbin/init is the test init (or, for the no-init case, nothing that
+    storage-init would try: no /sbin/init, /etc/init, /bin/init or /bin/sh)."""
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "boot", "tmp"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    shutil.copy(busybox, root / "bin/busybox")
+    if with_init:
+        for applet in APPLETS:
+            (root / "bin" / applet).symlink_to("busybox")
+        shutil.copy(HERE / "testinit.sh", root / "sbin/init")
+        (root / "sbin/init").chmod(0o755)
+        (root / "sbin/otherinit").write_text(
+            "#!/bin/sh\necho INITOVERLAYFS-OTHER-INIT \"$@\"\nexec /sbin/init \"$@\"\n")
+        (root / "sbin/otherinit").chmod(0o755)
+    (root / "etc/marker").write_text(MARKER + "\n")
+    return root
+
+
+def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
+                        frozen: Path) -> KernelImages:
+    sysroot = work / f"sysroot-{kernel.kver}"
+    (sysroot / "boot").mkdir(parents=True)
+    (sysroot / "etc").mkdir()
+    (sysroot / "lib/modules").mkdir(parents=True)
+    (sysroot / "lib/modules" / kernel.kver).symlink_to(kernel.modules)
+    shutil.copy(kernel.root / "boot" / f"config-{kernel.kver}", sysroot / "boot")
+    (sysroot / "etc/fstab").write_text(f"UUID={FS_UUID} /boot ext4 defaults 0 2\n")
+    code = install.main(["--sysroot", str(sysroot), "--kver", kernel.kver, "-q",
+                         "--storage-init", str(frozen), "--from-dir", str(content)])
+    if code != 0:
+        raise RuntimeError(f"initoverlayfs-install failed for {kernel.kver}")
+    initramfs = sysroot / "boot" / f"initramfs-{kernel.kver}.img"
+    unpacked = subprocess.run(["zstd", "-d", "-c"], stdin=initramfs.open("rb"),
+                              capture_output=True, check=True).stdout
+    return KernelImages(kernel, initramfs, sysroot / "boot" / f"initoverlayfs-{kernel.kver}.img",
+                        len(unpacked))
+
+
+def with_extra_files(initramfs: Path, out: Path, files: dict[str, tuple[int, bytes]]) -> Path:
+    """The mini-initramfs with an uncompressed cpio appended: the kernel unpacks both, later
+    entries replacing earlier ones (how a scenario swaps the config or adds a shell)."""
+    entries = []
+    dirs: set[str] = set()
+    for name, (mode, data) in files.items():
+        parts = name.split("/")[:-1]
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        entries.append(cpio.Entry(name, mode, data))
+    entries += [cpio.Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    out.write_bytes(initramfs.read_bytes() + cpio.write(entries, 0))
+    return out
+
+
+def make_disk(work: Path, bootfs_files: dict[str, Path]) -> Disk:
+    bootdir = work / "bootfs"
+    bootdir.mkdir()
+    for name, source in bootfs_files.items():
+        shutil.copy(source, bootdir / name)
+    size_mb = max(64, sum(p.stat().st_size for p in bootfs_files.values()) // (1 << 20) + 32)
+    ext4 = work / "bootfs.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-U", FS_UUID, "-L", FS_LABEL, "-d", str(bootdir),
+                    str(ext4), f"{size_mb}M"], check=True, capture_output=True)
+    esp = work / "esp.vfat"
+    subprocess.run(["mkfs.vfat", "-C", str(esp), str(8 * 1024)], check=True,
+                   capture_output=True)
+    disk = work / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate((size_mb + 8 + 2) << 20)
+    subprocess.run(["sgdisk", "-o", "-n", "1:2048:+8M", "-t", "1:ef00", "-c", "1:esp",
+                    "-n", f"2:0:+{size_mb}M", "-t", "2:8300", "-c", f"2:{PART_LABEL}",
+                    "-u", f"2:{PART_UUID}", str(disk)], check=True, capture_output=True)
+    starts = {}
+    for number in (1, 2):
+        info = subprocess.run(["sgdisk", "-i", str(number), str(disk)], check=True,
+                              capture_output=True, text=True).stdout
+        match = re.search(r"First sector: (\d+)", info)
+        assert match, info
+        starts[number] = int(match.group(1)) * 512
+    for number, image in ((1, esp), (2, ext4)):
+        subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
+                        f"seek={starts[number]}", "conv=notrunc,fsync", "status=none"],
+                       check=True)
+    return Disk(disk, starts[2])

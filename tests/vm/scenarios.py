@@ -1,0 +1,142 @@
+"""The boot scenarios as data, the shared artifacts they boot, and the runner that boots them
+(in parallel, two at a time on this 2-core machine). The demo boots only DEFAULT."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from initoverlayfs_build.freeze import default_frozen
+from initoverlayfs_build.ui import Ui
+
+from tests.support.debian_kernel import fetch
+
+from . import images
+from .qemu import BootResult, Interaction, VmSpec, boot
+
+BASE_APPEND = "rdinit=/init rd.emergency=poweroff"
+NO_SUCH_UUID = "00000000-dead-4bad-8bad-000000000000"
+SHELL_APPLETS = ("sh", "echo", "poweroff")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kernel: str = "cloud"  # or "generic": storage drivers and ext4 as modules
+    interface: str = "virtio-blk"
+    append: str = ""
+    initrd: str = "plain"  # "bad-config": a broken config; "shell": busybox added
+    interactions: tuple[Interaction, ...] = ()
+    timeout: float = 300.0
+
+
+DEFAULT = Scenario("default")
+SCENARIOS = {s.name: s for s in (
+    DEFAULT,
+    Scenario("label", append=f"rd.initoverlayfs.bootfs=LABEL={images.FS_LABEL}"),
+    Scenario("partuuid", append=f"rd.initoverlayfs.bootfs=PARTUUID={images.PART_UUID}"),
+    Scenario("partlabel", append=f"rd.initoverlayfs.bootfs=PARTLABEL={images.PART_LABEL}"),
+    Scenario("devpath", append="rd.initoverlayfs.bootfs=/dev/vda2"),
+    Scenario("cloud-virtio-scsi", interface="virtio-scsi"),
+    Scenario("cloud-nvme", interface="nvme"),
+    Scenario("generic-virtio-blk", kernel="generic"),
+    Scenario("generic-virtio-scsi", kernel="generic", interface="virtio-scsi"),
+    Scenario("generic-nvme", kernel="generic", interface="nvme"),
+    Scenario("generic-ahci", kernel="generic", interface="ahci"),
+    Scenario("debug", append="rd.initoverlayfs.debug"),
+    Scenario("quiet", append="quiet"),
+    Scenario("fs-override", append="rd.initoverlayfs.fs=/alt.img"),
+    Scenario("init-elsewhere", append="init=/sbin/otherinit"),
+    Scenario("fail-no-bootfs", append=f"rd.initoverlayfs.bootfs=UUID={NO_SUCH_UUID} "
+                                      "rd.initoverlayfs.timeout=5 quiet"),
+    Scenario("fail-no-image", append="rd.initoverlayfs.fs=/missing.img quiet"),
+    Scenario("fail-corrupt-image", append="rd.initoverlayfs.fs=/corrupt.img quiet"),
+    Scenario("fail-wrong-fstype", append="rd.initoverlayfs.bootfstype=xfs quiet"),
+    Scenario("fail-no-init", append="rd.initoverlayfs.fs=/noinit.img quiet"),
+    Scenario("fail-bad-config", initrd="bad-config", append="quiet"),
+    Scenario("fail-shell", initrd="shell",
+             append=f"rd.shell rd.initoverlayfs.bootfs=UUID={NO_SUCH_UUID} "
+                    "rd.initoverlayfs.timeout=3 quiet",
+             interactions=((r"initoverlayfs# ", "echo SHELL-$((6*7))\n"),
+                           (r"SHELL-42", "exit\n"))),
+)}
+
+
+@dataclass
+class Artifacts:
+    work: Path
+    kernels: dict[str, images.KernelImages]
+    disk: images.Disk
+    initrds: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+    def spec(self, scenario: Scenario) -> VmSpec:
+        built = self.kernels[scenario.kernel]
+        return VmSpec(built.kernel.vmlinuz, self.initrds[(scenario.kernel, scenario.initrd)],
+                      self.disk.path, scenario.interface,
+                      f"{BASE_APPEND} {scenario.append}".strip(), timeout=scenario.timeout)
+
+
+def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic")) -> Artifacts:
+    ui = Ui("vm")
+    frozen = default_frozen(ui).folder
+    content = images.content_tree(work / "content")
+    alt = images.content_tree(work / "content-alt")
+    (alt / "etc/marker").write_text("from-the-alt-image\n")
+    noinit = images.content_tree(work / "content-noinit", with_init=False)
+    kernels = {f: images.build_kernel_images(work, fetch(f), content, frozen) for f in flavours}
+    extra = {}
+    for name, tree in (("alt.img", alt), ("noinit.img", noinit)):
+        extra[name] = work / name
+        subprocess.run(["mkfs.erofs", "-zlz4hc", str(extra[name]), str(tree)], check=True,
+                       capture_output=True)
+    corrupt = work / "corrupt.img"
+    corrupt.write_bytes(os.urandom(256 * 1024))
+    bootfs = {k.image.name: k.image for k in kernels.values()}
+    disk = images.make_disk(work, {**bootfs, **extra, "corrupt.img": corrupt})
+    artifacts = Artifacts(work, kernels, disk)
+    busybox = (content / "bin/busybox").read_bytes()
+    for flavour, built in kernels.items():
+        base = built.initramfs
+        artifacts.initrds[(flavour, "plain")] = base
+        artifacts.initrds[(flavour, "bad-config")] = images.with_extra_files(
+            base, work / f"bad-config-{flavour}.img",
+            {"etc/initoverlayfs.conf": (stat.S_IFREG | 0o644, b"bootfs sda1\n")})
+        shell = {"bin/busybox": (stat.S_IFREG | 0o755, busybox)}
+        shell |= {f"bin/{a}": (stat.S_IFLNK | 0o777, b"busybox") for a in SHELL_APPLETS}
+        artifacts.initrds[(flavour, "shell")] = images.with_extra_files(
+            base, work / f"shell-{flavour}.img", shell)
+    return artifacts
+
+
+def run_all(artifacts: Artifacts, scenarios: list[Scenario],
+            parallel: int = 2) -> dict[str, BootResult]:
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {s.name: pool.submit(boot, artifacts.spec(s), s.interactions)
+                   for s in scenarios}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def result_of(run: BootResult) -> dict[str, object]:
+    """The test init's one-line report, parsed."""
+    line = next((ln for ln in run.console.splitlines()
+                 if ln.startswith("INITOVERLAYFS-RESULT ")), None)
+    if line is None:
+        raise AssertionError("no INITOVERLAYFS-RESULT line\n" + run.describe())
+    result: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    return result
+
+
+def timings_of(run: BootResult) -> dict[str, object]:
+    line = next(ln for ln in run.console.splitlines() if ln.startswith("INITOVERLAYFS-TIMINGS "))
+    timings: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    return timings
+
+
+def workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="initoverlayfs-vm-"))

@@ -1,0 +1,134 @@
+"""Real Debian kernels booting our images in QEMU: the spec forms, the storage families, both
+kernels, the console modes, command line overrides, and every failure with its exact message
+and its policy (rd.emergency=poweroff ends the VM; rd.shell answers over the serial line)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from . import images
+from .qemu import DEVICE_NAMES, BootResult
+from .scenarios import NO_SUCH_UUID, SCENARIOS, Artifacts, result_of, timings_of
+
+pytestmark = pytest.mark.vm
+SUCCESS = [name for name in SCENARIOS if not name.startswith("fail-")]
+
+
+def booted(boots: dict[str, BootResult], name: str) -> BootResult:
+    run = boots[name]
+    assert run.returncode == 0, run.describe()  # the guest powered itself off
+    return run
+
+
+@pytest.mark.parametrize("name", SUCCESS)
+def test_boot_reaches_init_on_an_erofs_backed_overlay(
+        boots: dict[str, BootResult], artifacts: Artifacts, name: str) -> None:
+    run = booted(boots, name)
+    scenario = SCENARIOS[name]
+    r = result_of(run)
+    why = run.describe()
+    assert r["pid"] == 1, why
+    root, lower, boot = str(r["root"]).split(), str(r["lower"]).split(), str(r["boot"]).split()
+    assert root[0] == "overlay" and "lowerdir=/run/initoverlayfs/lower" in root[2], why
+    assert "upperdir=/run/initoverlayfs/upper" in root[2], why
+    assert lower[0] == "erofs" and re.fullmatch(r"/dev/loop\d+", lower[1]), why
+    assert "ro" in lower[2].split(","), why
+    device = DEVICE_NAMES[scenario.interface]
+    partition = f"{device}p2" if device.startswith("nvme") else f"{device}2"
+    assert boot[:2] == ["ext4", f"/dev/{partition}"], why
+    assert "ro" in boot[2].split(","), why
+    for key, fstype in (("proc", "proc"), ("sys", "sysfs"), ("dev", "devtmpfs"), ("run", "tmpfs")):
+        assert str(r[key]).split()[0] == fstype, (key, why)
+    assert r["writable"] is True, why
+    assert r["timings"] is True, why
+    # the old initramfs was freed: its log line, and less shared memory than its unpacked size
+    assert r["freed"] is True, why
+    unpacked = artifacts.kernels[scenario.kernel].unpacked_bytes
+    assert int(str(r["shmem_kb"])) * 1024 < unpacked, (r["shmem_kb"], unpacked, why)
+    expected_marker = "from-the-alt-image" if name == "fs-override" else images.MARKER
+    assert r["marker"] == expected_marker, why
+
+
+def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
+    timings = timings_of(booted(boots, "default"))
+    steps = [s["name"] for s in timings["steps"]]  # type: ignore[attr-defined]
+    assert steps == ["mount-api", "log", "read-cmdline", "read-config", "load-modules",
+                     "trigger", "wait-bootfs", "mount-bootfs", "mount-scratch", "attach-loop",
+                     "mount-image", "mount-overlay", "move-mounts", "switch-root"]
+    assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
+
+
+def test_generic_kernel_loads_ext4_and_its_softdep_from_the_mini_initramfs(
+        boots: dict[str, BootResult]) -> None:
+    for name in ("generic-virtio-blk", "generic-ahci", "generic-nvme", "generic-virtio-scsi"):
+        loaded = timings_of(booted(boots, name))["modules_loaded"]
+        assert "ext4" in loaded and "crc32c_generic" in loaded, (name, loaded)  # type: ignore[operator]
+    ahci = timings_of(boots["generic-ahci"])["modules_loaded"]
+    assert "ahci" in ahci and "sd_mod" in ahci  # type: ignore[operator]
+
+
+def test_debug_traces_every_syscall_on_the_console(boots: dict[str, BootResult]) -> None:
+    console = booted(boots, "debug").console
+    # (the API mounts come before the command line is read, so they are not traced)
+    for pattern in (r"finit_module\('/lib/modules/.*/virtio_blk\.ko', '', 0\) = 0 \[",
+                    r"mount\('/dev/vda2', '/boot', 'ext4', MS_RDONLY, None\) = 0 \[",
+                    r"ioctl\(\d+, LOOP_CONFIGURE, <\d+ bytes>\) = ",
+                    r"mount\('/dev/loop\d+', '/run/initoverlayfs/lower', 'erofs', MS_RDONLY",
+                    r"mount\('/initoverlayfs', '/', None, MS_MOVE, None\) = 0",
+                    r"execve\('/sbin/init', \['/sbin/init'\]\)"):
+        assert re.search("storage-init: " + pattern, console), (pattern, console)
+
+
+def test_quiet_keeps_storage_init_off_the_console(boots: dict[str, BootResult]) -> None:
+    console = booted(boots, "quiet").console
+    assert "storage-init" not in console, console
+    assert "INITOVERLAYFS-RESULT" in console
+
+
+def test_init_on_the_command_line_runs_first(boots: dict[str, BootResult]) -> None:
+    console = booted(boots, "init-elsewhere").console
+    assert "INITOVERLAYFS-OTHER-INIT" in console
+    assert console.index("INITOVERLAYFS-OTHER-INIT") < console.index("INITOVERLAYFS-RESULT")
+
+
+FAILURES = {
+    "fail-no-bootfs": rf"storage-init: wait-bootfs: Failed to find bootfs UUID={NO_SUCH_UUID} "
+                      r"within 5 s \(block devices seen: vda .*vda2 \(ext4 "
+                      rf"UUID={images.FS_UUID} LABEL={images.FS_LABEL}",
+    "fail-no-image": r"storage-init: attach-loop: Failed to find the image /boot/missing.img "
+                     rf"on UUID={images.FS_UUID}: No such file or directory; check fs in "
+                     r"/etc/initoverlayfs.conf or rd.initoverlayfs.fs=",
+    "fail-corrupt-image": r"storage-init: mount-image: Failed to mount /boot/corrupt.img "
+                          r"\(/dev/loop\d+\) as erofs on /run/initoverlayfs/lower: Invalid "
+                          r"argument; check that /boot/corrupt.img is a filesystem image of type "
+                          r"erofs",
+    "fail-wrong-fstype": r"storage-init: mount-bootfs: Failed to mount /dev/vda2 "
+                         rf"\(UUID={images.FS_UUID}\) on /boot as xfs: No such device; check "
+                         r"bootfstype in /etc/initoverlayfs.conf or rd.initoverlayfs.bootfstype=",
+    "fail-no-init": r"storage-init: exec-init: Failed to start init: tried /sbin/init \(No such "
+                    r"file or directory\), /etc/init .*/bin/sh \(No such file or directory\)",
+    "fail-bad-config": r"storage-init: read-config: Failed to parse /etc/initoverlayfs.conf: "
+                       r"line 1 \(bootfs\)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAILURES))
+def test_failure_names_the_cause_and_rd_emergency_poweroff_ends_the_vm(
+        boots: dict[str, BootResult], name: str) -> None:
+    run = booted(boots, name)  # exit 0: QEMU ended because the guest powered off
+    assert re.search(FAILURES[name], run.console), run.describe()
+    assert "storage-init: rd.emergency=poweroff: poweroff now" in run.console, run.describe()
+    assert "reboot: Power down" in run.console
+    assert "INITOVERLAYFS-RESULT" not in run.console
+    assert "Kernel panic" not in run.console
+
+
+def test_rd_shell_answers_over_the_serial_line(boots: dict[str, BootResult]) -> None:
+    run = booted(boots, "fail-shell")
+    assert "Failed to find bootfs" in run.console, run.describe()
+    assert "SHELL-42" in run.console, run.describe()  # computed by the shell, not echoed back
+    assert "echo SHELL-$((6*7))" in run.console or "SHELL-$((6*7))" in run.console
+    after = run.console[run.console.index("SHELL-42"):]
+    assert "rd.emergency=poweroff: poweroff now" in after, run.describe()
