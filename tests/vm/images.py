@@ -89,7 +89,10 @@ def with_extra_files(initramfs: Path, out: Path, files: dict[str, tuple[int, byt
         dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
         entries.append(cpio.Entry(name, mode, data))
     entries += [cpio.Entry(d, stat.S_IFDIR | 0o755) for d in dirs]
-    out.write_bytes(initramfs.read_bytes() + cpio.write(entries, 0))
+    base = initramfs.read_bytes()
+    # The kernel only looks for a cpio magic at 4-byte aligned offsets after a compressed
+    # segment (what bootloaders pad concatenated initrds to); zeros in between are skipped.
+    out.write_bytes(base + b"\0" * (-len(base) % 4) + cpio.write(entries, 0))
     return out
 
 
