@@ -17,10 +17,10 @@ COMMANDS: dict[str, list[str]] = {
 }
 # Chosen by measurement (scripts/measure-builder and real boots; README "Choices"): zstd -19
 # made 6.7 MB that decompressed in 62-77 ms; lz4 9.6 MB in 19-21 ms; gzip 8.4 MB in 195 ms;
-# xz 6.3 MB in 557-602 ms. lz4 unpacks fastest, but the kernel reads its legacy frame to the end of the
-# data: anything after it (a second initrd a bootloader concatenates, an appended cpio) makes
-# a real Debian kernel report "Initramfs unpacking failed: Decoding failed". zstd is the
-# smallest of the fast ones and ends where its frame ends.
+# xz 6.3 MB in 557-602 ms. lz4 unpacks fastest, but the kernel reads its legacy frame to the
+# end of the data: anything after it (a second initrd a bootloader concatenates, an appended
+# cpio) makes a real Debian kernel report "Initramfs unpacking failed: Decoding failed". zstd
+# is the smallest of the fast ones and ends where its frame ends.
 DEFAULT = "zstd"
 
 
