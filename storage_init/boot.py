@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -110,6 +109,8 @@ class Boot:
                 f"after kernel start: {steps} (ms)")
 
     def timings_json(self) -> bytes:
+        import json  # once, at the end of the boot: not worth importing before
+
         report = {
             "version": 1,
             "mode": self.mode,

@@ -320,17 +320,6 @@ class Kernel:
             ),
         )
 
-    def init_module(self, image: bytes, params: str, path: str) -> None:
-        self._libc_call(
-            f"init_module({path!r}, <{len(image)} bytes>, {params!r})",
-            path,
-            lambda: self._libc.syscall(
-                _SYS_INIT_MODULE, image, ctypes.c_ulong(len(image)), params.encode()
-            ),
-        )
-
-    # --- kernel uevents -------------------------------------------------------------------
-
     def uevent_open(self) -> socket.socket:
         sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT

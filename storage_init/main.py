@@ -7,12 +7,11 @@ storage-init does (the C original flipped into systemd mode on any argument).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .boot import Boot, Paths
@@ -23,6 +22,9 @@ from .kernel import Kernel
 from .log import Log
 from .settings import resolve
 from .steps import RDINIT, SYSTEMD, steps_for
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
@@ -88,6 +90,9 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
 
 
 def parser() -> argparse.ArgumentParser:
+    # imported here: as PID 1 the command line is never parsed, and every import is boot time
+    import argparse
+
     p = argparse.ArgumentParser(
         prog="storage-init",
         description="Early-boot storage shim of initoverlayfs. Run by the kernel as PID 1 "

@@ -121,7 +121,6 @@ class _Kernel(Protocol):
     def close(self, fd: int) -> None: ...
     def read_file(self, path: str) -> bytes: ...
     def finit_module(self, fd: int, params: str, flags: int, path: str) -> None: ...
-    def init_module(self, image: bytes, params: str, path: str) -> None: ...
 
 
 class _Log(Protocol):
@@ -195,36 +194,16 @@ class Loader:
                 self.log.debug(f"module {name}: no device for it here")
                 return False
             if compressed and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOEXEC):
-                return self._insert_decompressed(name, path)
+                # no in-kernel decompression: storage-init does not carry decompressors
+                # (initoverlayfs-install stores modules decompressed)
+                reason = "compressed, and this kernel cannot decompress modules"
+                self.failed[name] = reason
+                self.log.warning(f"Failed to load module {name} ({path}): {reason}; rebuild "
+                                 "the mini-initramfs with initoverlayfs-install")
+                return False
             self.failed[name] = exc.strerror or str(exc)
             self.log.warning(f"Failed to load module {name} ({path}): {exc.strerror}")
             return False
         self.loaded.append(name)
         self.log.debug(f"loaded module {name}")
-        return True
-
-    def _insert_decompressed(self, name: str, path: str) -> bool:
-        """Kernels without in-kernel decompression: unpack here (xz and gzip; zstd is not in
-        the standard library, so the builder stores modules uncompressed)."""
-        data = self.kernel.read_file(path)
-        try:
-            if path.endswith(".xz"):
-                import lzma
-
-                image = lzma.decompress(data)
-            elif path.endswith(".gz"):
-                import gzip
-
-                image = gzip.decompress(data)
-            else:
-                raise ValueError("zstd-compressed module and no in-kernel decompression")
-            self.kernel.init_module(image, "", path)
-        except (OSError, ValueError, EOFError) as exc:
-            if isinstance(exc, OSError) and exc.errno == errno.EEXIST:
-                return False
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            self.failed[name] = reason or str(exc)
-            self.log.warning(f"Failed to load module {name} ({path}): {reason}")
-            return False
-        self.loaded.append(name)
         return True

@@ -232,11 +232,6 @@ class FakeKernel:
         self.calls.append(("finit_module", path, flags))
         self._raise_if_planned("finit_module", path)
 
-    def init_module(self, image: bytes, params: str, path: str) -> None:
-        self.calls.append(("init_module", path, image))
-
-    # --- uevents, udev --------------------------------------------------------------------
-
     def uevent_open(self) -> FakeSocket:
         self.calls.append(("uevent_open",))
         return FakeSocket()

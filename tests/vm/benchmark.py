@@ -1,0 +1,333 @@
+"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted two
+ways under QEMU, interleaved, so that drift hits both paths alike.
+
+- classic: one initramfs (zstd -15 as dracut makes it, and gzip -9) holding the payload and
+  the final init;
+- ours: the mini-initramfs of initoverlayfs-install, with the payload in the EROFS image on a
+  virtio disk.
+
+The payload is realistic initramfs content (kernel modules and shared libraries) at several
+sizes; the final init reads none of it and reports the guest's /proc/uptime when it starts.
+Writes results.json, results.md and plot.png into the output folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from initoverlayfs_build import cpio
+from initoverlayfs_build.freeze import default_frozen
+from initoverlayfs_build.mini import Tree
+from initoverlayfs_build.ui import Ui
+
+from tests.support.debian_kernel import DebianKernel, fetch
+
+from . import images
+from .qemu import VmSpec, boot, kvm_works
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PATHS = ("classic-zstd", "classic-gzip", "ours")
+MEMORY_MB = 2048
+APPEND = "quiet rdinit=/init rd.emergency=poweroff"
+COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"],
+            "classic-gzip": ["gzip", "-9", "-n", "-c"]}
+
+
+@dataclass(frozen=True)
+class Sample:
+    size_mb: int
+    path: str
+    round: int
+    init_s: float | None  # guest uptime when the final init started
+    timings: dict[str, object] | None
+    dmesg: dict[str, float]
+    wall_s: float
+
+
+def payload_files(generic: DebianKernel, limit: int) -> list[tuple[Path, str]]:
+    """Kernel modules and shared libraries, alternating, in a fixed order, up to `limit`
+    bytes: what a real initramfs is made of."""
+    def small(p: Path) -> bool:  # what an initramfs holds; no 100 MB LLVM in it
+        return p.is_file() and not p.is_symlink() and p.stat().st_size <= 2 << 20
+
+    modules = sorted(p for p in generic.modules.rglob("*.ko") if small(p))
+    libs = sorted(p for p in Path("/usr/lib/x86_64-linux-gnu").glob("*.so*") if small(p))
+    chosen: list[tuple[Path, str]] = []
+    total = 0
+    for i in range(max(len(modules), len(libs))):
+        for source, prefix in ((modules, "lib/modules/payload"), (libs, "usr/lib/payload")):
+            if i < len(source) and total < limit:
+                path = source[i]
+                chosen.append((path, f"{prefix}/{i:05d}-{path.name}"))
+                total += path.stat().st_size
+    return chosen
+
+
+def make_tree(root: Path, files: list[tuple[Path, str]], limit: int) -> int:
+    (root / "bin").mkdir(parents=True)
+    for d in ("sbin", "proc", "sys", "dev", "run", "etc"):
+        (root / d).mkdir()
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
+    for applet in ("sh", "mount", "dmesg", "grep", "sed", "tr", "poweroff"):
+        (root / "bin" / applet).symlink_to("busybox")
+    for name in ("init", "sbin/init"):  # classic runs /init, ours execs /sbin/init
+        shutil.copy(HERE / "benchinit.sh", root / name)
+        (root / name).chmod(0o755)
+    total = 0
+    for source, relative in files:
+        if total >= limit:
+            break
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        total += source.stat().st_size
+    return total
+
+
+def classic_initramfs(tree: Path, out: Path, command: list[str]) -> None:
+    entries = Tree()
+    for path in sorted(tree.rglob("*")):
+        rel = path.relative_to(tree).as_posix()
+        if path.is_symlink():
+            entries.symlink(rel, os.readlink(path))
+        elif path.is_dir():
+            entries.directory(rel)
+        else:
+            entries.file(rel, path.read_bytes(), path.stat().st_mode & 0o777)
+    entries.node("dev/console", 0o020000, (5, 1))
+    archive = cpio.write(entries.entries.values(), 0)
+    with out.open("wb") as f:
+        subprocess.run(command, input=archive, stdout=f, check=True)
+
+
+def parse(console: str) -> tuple[float | None, dict[str, object] | None, dict[str, float]]:
+    init = re.search(r"^BENCH-INIT uptime=([\d.]+)", console, re.M)
+    timings = re.search(r"^BENCH-TIMINGS (.*)$", console, re.M)
+    dmesg: dict[str, float] = {}
+    for key, pattern in (("unpack_start", "Trying to unpack rootfs"),
+                         ("unpack_end", "Freeing initrd memory"),
+                         ("run_init", "Run /init as init process")):
+        found = re.search(rf"^BENCH-DMESG \[\s*([\d.]+)\] {pattern}", console, re.M)
+        if found:
+            dmesg[key] = float(found.group(1))
+    return (float(init.group(1)) if init else None,
+            json.loads(timings.group(1)) if timings else None, dmesg)
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares y = slope * x + intercept."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    return slope, my - slope * mx
+
+
+def breakdown(samples: list[Sample]) -> dict[str, float]:
+    """Our path, step by step, in ms (medians over our boots)."""
+    parts: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        parts.setdefault(name, []).append(value)
+
+    groups = {"driver loading": ("load-modules",), "device wait": ("trigger", "wait-bootfs"),
+              "mounts": ("mount-api", "mount-bootfs", "mount-scratch", "attach-loop",
+                         "mount-image", "mount-overlay", "move-mounts"),
+              "switch root": ("switch-root",),
+              "log, cmdline, config": ("log", "read-cmdline", "read-config")}
+    for s in samples:
+        if s.timings is None or s.init_s is None or len(s.dmesg) < 3:
+            continue
+        steps = {st["name"]: st["ms"] for st in s.timings["steps"]}  # type: ignore[attr-defined]
+        add("kernel unpacks the mini-initramfs",
+            (s.dmesg["unpack_end"] - s.dmesg["unpack_start"]) * 1000)
+        add("kernel start to /init (unpack excluded)",
+            (s.dmesg["run_init"] - (s.dmesg["unpack_end"] - s.dmesg["unpack_start"])) * 1000)
+        add("exec of /init to storage-init's first step (loading, imports)",
+            (float(s.timings["started_boottime_s"]) - s.dmesg["run_init"]) * 1000)  # type: ignore[arg-type]
+        for name, members in groups.items():
+            add(name, sum(float(steps.get(m, 0.0)) for m in members))
+        add("exec of init (from storage-init's last step to init running)",
+            (s.init_s - float(s.timings["finished_boottime_s"])) * 1000)  # type: ignore[arg-type]
+    return {name: statistics.median(values) for name, values in parts.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/benchmark", description=__doc__)
+    parser.add_argument("--sizes", default="0,25,50,100,200",
+                        help="payload sizes in MB (default: 0,25,50,100,200)")
+    parser.add_argument("--boots", type=int, default=5, help="boots per size and path")
+    parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmark")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    out: Path = args.out
+    shutil.rmtree(out, ignore_errors=True)
+    work = out / "work"
+    work.mkdir(parents=True)
+    ui = Ui("benchmark")
+    kernel = fetch("cloud")
+    files = payload_files(fetch("generic"), max(sizes) << 20)
+    frozen = default_frozen(ui).folder
+    built: dict[int, dict[str, Path]] = {}
+    image_bytes: dict[int, dict[str, int]] = {}
+    payload_bytes: dict[int, int] = {}
+    for size in sizes:
+        print(f"building the {size} MB payload images ...", flush=True)
+        tree = work / f"tree-{size}"
+        payload_bytes[size] = make_tree(tree, files, size << 20)
+        paths: dict[str, Path] = {}
+        for name, command in COMPRESS.items():
+            paths[name] = work / f"{name}-{size}.img"
+            classic_initramfs(tree, paths[name], command)
+        images_built = images.build_kernel_images(work / f"ours-{size}", kernel, tree, frozen)
+        disk_dir = work / f"disk-{size}"
+        disk_dir.mkdir()
+        disk = images.make_disk(disk_dir, {images_built.image.name: images_built.image})
+        paths["ours"] = images_built.initramfs
+        paths["disk"] = disk.path
+        built[size] = paths
+        image_bytes[size] = {"classic-zstd": paths["classic-zstd"].stat().st_size,
+                             "classic-gzip": paths["classic-gzip"].stat().st_size,
+                             "mini-initramfs": images_built.initramfs.stat().st_size,
+                             "erofs-image": images_built.image.stat().st_size}
+    samples: list[Sample] = []
+    total = len(sizes) * len(PATHS) * args.boots
+    print(f"booting {total} times, interleaved ({'KVM' if kvm_works() else 'TCG, no KVM'}) ...",
+          flush=True)
+    for round_ in range(args.boots):
+        order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
+        for size in sizes:
+            for path in order:
+                spec = VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"],
+                              "virtio-blk", APPEND,
+                              memory_mb=MEMORY_MB, timeout=600)
+                started = time.monotonic()
+                run = boot(spec)
+                init_s, timings, dmesg = parse(run.console)
+                if init_s is None:
+                    (out / f"failed-{path}-{size}-{round_}.log").write_text(run.describe())
+                samples.append(Sample(size, path, round_, init_s, timings, dmesg,
+                                      time.monotonic() - started))
+                print(f"  round {round_ + 1}/{args.boots} {size:>4} MB {path:<13} "
+                      f"init at {init_s if init_s is not None else 'FAILED'} s", flush=True)
+    report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver)
+    return 0 if all(s.init_s is not None for s in samples) else 1
+
+
+def report(out: Path, sizes: list[int], samples: list[Sample],
+           image_bytes: dict[int, dict[str, int]], payload_bytes: dict[int, int],
+           kver: str) -> None:
+    summary: dict[str, dict[int, dict[str, float]]] = {}
+    for path in PATHS:
+        for size in sizes:
+            times = [s.init_s * 1000 for s in samples
+                     if s.path == path and s.size_mb == size and s.init_s is not None]
+            if times:
+                summary.setdefault(path, {})[size] = {
+                    "median_ms": statistics.median(times), "min_ms": min(times),
+                    "max_ms": max(times), "boots": len(times)}
+    fits = {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
+                       for size, v in summary.get(path, {}).items()]) for path in PATHS}
+    slopes = {path: fits[path][0] * 100 for path in PATHS}  # ms per 100 MB
+    (m_c, b_c), (m_o, b_o) = fits["classic-zstd"], fits["ours"]
+    crossover = (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
+    ratios = {size: summary["ours"][size]["median_ms"] / summary["classic-zstd"][size]["median_ms"]
+              for size in sizes if size in summary.get("ours", {})
+              and size in summary.get("classic-zstd", {})}
+    ours = [s for s in samples if s.path == "ours"]
+    steps = breakdown(ours)
+    mini = max(v["mini-initramfs"] for v in image_bytes.values())
+    targets = [
+        ("ours at 100 MB <= 0.70x classic zstd", ratios.get(100), 0.70,
+         f"{ratios[100]:.2f}x" if 100 in ratios else "not measured"),
+        ("our slope <= 5% of classic zstd's", slopes["ours"] / slopes["classic-zstd"]
+         if slopes["classic-zstd"] else None, 0.05,
+         f"{100 * slopes['ours'] / slopes['classic-zstd']:.1f}%"
+         if slopes["classic-zstd"] else "n/a"),
+        ("ours beats classic zstd from 15 MB", crossover, 15.0,
+         f"crossover at {crossover:.1f} MB" if crossover is not None else "no crossover"),
+        ("mini-initramfs <= 4 MB compressed", mini / 1e6, 4.0, f"{mini / 1e6:.2f} MB"),
+    ]
+    accelerator = "kvm" if kvm_works() else "tcg"
+    result = {
+        "kernel": kver, "accelerator": accelerator,
+        "memory_mb": MEMORY_MB, "append": APPEND,
+        "payload_bytes": payload_bytes, "image_bytes": image_bytes,
+        "summary": summary, "slope_ms_per_100mb": slopes, "crossover_mb": crossover,
+        "ratio_ours_to_classic_zstd": ratios, "our_breakdown_ms": steps,
+        "targets": [{"target": t, "value": v, "limit": lim, "shown": shown,
+                     "met": v is not None and v <= lim} for t, v, lim, shown in targets],
+        "samples": [s.__dict__ for s in samples],
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    lines = [f"Benchmark: Debian {kver}, QEMU {accelerator.upper()}, "
+             f"{MEMORY_MB} MB, time to init in ms (median, min-max of "
+             f"{max(int(v['boots']) for p in summary.values() for v in p.values())} boots)", "",
+             "| payload MB | " + " | ".join(PATHS) + " | ours/classic-zstd |",
+             "|---:|" + "---:|" * len(PATHS) + "---:|"]
+    for size in sizes:
+        cells = []
+        for path in PATHS:
+            v = summary.get(path, {}).get(size)
+            cells.append(f"{v['median_ms']:.0f} ({v['min_ms']:.0f}-{v['max_ms']:.0f})"
+                         if v else "failed")
+        lines.append(f"| {size} | " + " | ".join(cells) +
+                     f" | {ratios[size]:.2f} |" if size in ratios else " | n/a |")
+    lines += ["", "| slope, ms per 100 MB | " + " | ".join(f"{slopes[p]:.0f}" for p in PATHS)
+              + " |", "", "crossover (ours = classic zstd): "
+              + (f"{crossover:.1f} MB" if crossover is not None else "none"), "",
+              "| payload MB | classic zstd bytes | classic gzip bytes | mini-initramfs bytes "
+              "| EROFS image bytes |", "|---:|---:|---:|---:|---:|"]
+    for size in sizes:
+        b = image_bytes[size]
+        lines.append(f"| {size} | {b['classic-zstd']:,} | {b['classic-gzip']:,} | "
+                     f"{b['mini-initramfs']:,} | {b['erofs-image']:,} |")
+    lines += ["", "Our path, step by step (median ms over our boots):", "",
+              "| part | ms |", "|---|---:|"]
+    lines += [f"| {name} | {ms:.0f} |" for name, ms in steps.items()]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {shown} | {'yes' if v is not None and v <= lim else 'NO'} |"
+              for t, v, lim, shown in targets]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    print("\n" + text)
+    plot(out / "plot.png", sizes, summary, payload_bytes, accelerator)
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'plot.png'}")
+
+
+def plot(path: Path, sizes: list[int], summary: dict[str, dict[int, dict[str, float]]],
+         payload_bytes: dict[int, int], accel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in PATHS:
+        points = sorted(summary.get(name, {}).items())
+        xs = [payload_bytes[s] / (1 << 20) for s, _ in points]
+        ys = [v["median_ms"] / 1000 for _, v in points]
+        low = [(v["median_ms"] - v["min_ms"]) / 1000 for _, v in points]
+        high = [(v["max_ms"] - v["median_ms"]) / 1000 for _, v in points]
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=name)
+    ax.set_xlabel("payload (MB, uncompressed)")
+    ax.set_ylabel("time to init (s, guest uptime)")
+    ax.set_title(f"initoverlayfs vs a classic initramfs (QEMU {accel.upper()})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
