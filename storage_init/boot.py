@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -109,8 +110,8 @@ class Boot:
                 f"after kernel start: {steps} (ms)")
 
     def timings_json(self) -> bytes:
-        import json  # once, at the end of the boot: not worth importing before
-
+        # json is imported with the module, not here: this runs after the switch root, where
+        # nothing more can be loaded from the old initramfs
         report = {
             "version": 1,
             "mode": self.mode,
