@@ -21,7 +21,8 @@ class MountEntry:
     options: str  # of the superblock, e.g. "rw,lowerdir=..." for an overlay
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
+    """\\040 and the other octal escapes of mountinfo and fstab fields."""
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
@@ -36,8 +37,8 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
             mount_id, parent_id = int(fields[0]), int(fields[1])
         except ValueError:
             continue
-        entries.append(MountEntry(mount_id, parent_id, fields[2], _unescape(fields[3]),
-                                  _unescape(fields[4]), tail[0], _unescape(tail[1]),
+        entries.append(MountEntry(mount_id, parent_id, fields[2], unescape(fields[3]),
+                                  unescape(fields[4]), tail[0], unescape(tail[1]),
                                   fields[5], " ".join(tail[2:])))
     return entries
 

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from storage_init.config import DEFAULT_SUBSYSTEMS
 from storage_init.devspec import SpecError, parse_spec
+from storage_init.mounts import unescape
 
 from .errors import BuildError
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
 # fstab types that name no filesystem a bootfs could be mounted as
 _NOT_A_FS = {"swap", "none", "auto", "bind", "rbind"}
 
@@ -30,8 +29,7 @@ def parse_fstab(text: str) -> list[FstabEntry]:
         words = line.split("#", 1)[0].split()
         if len(words) < 3:
             continue
-        spec, target, fstype = (_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), w)
-                                for w in words[:3])
+        spec, target, fstype = (unescape(w) for w in words[:3])
         entries.append(FstabEntry(spec, target.rstrip("/") or "/", fstype,
                                   words[3] if len(words) > 3 else "defaults"))
     return entries

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_init.modules import COMPRESSED_SUFFIXES, ModuleIndex, module_name, parse_index
+from storage_init.mounts import parse_mountinfo
 
 from .errors import BuildError
 from .run import need, run
@@ -104,12 +105,7 @@ def generic_drivers() -> list[str]:
 
 def boot_device(mountinfo: str, target: str = "/boot") -> tuple[str, str] | None:
     """(major:minor, fstype) of the filesystem mounted at `target`, else of `/`."""
-    found: dict[str, tuple[str, str]] = {}
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if sep and len(fields) >= 5 and tail:
-            found[fields[4]] = (fields[2], tail[0])
+    found = {entry.target: (entry.device, entry.fstype) for entry in parse_mountinfo(mountinfo)}
     return found.get(target) or found.get("/")
 
 

@@ -103,12 +103,26 @@ class Run:
         return {entry.target: entry for entry in parse_mountinfo(block)}
 
 
+def in_new_namespaces(*command: str) -> list[str]:
+    """`command` as PID 1 of a new PID namespace, with a private mount namespace."""
+    return [tool("unshare", "util-linux"), "--mount", "--pid", "--fork",
+            "--propagation", "private", *command]
+
+
 def run_pid1(config: str, cmdline: str, *args: str, timeout: float = 60) -> Run:
-    command = [tool("unshare", "util-linux"), "--mount", "--pid", "--fork",
-               "--propagation", "private", sys.executable, "-m",
-               "tests.integration.pid1_harness", config, cmdline, *args]
+    command = in_new_namespaces(sys.executable, "-m", "tests.integration.pid1_harness",
+                                config, cmdline, *args)
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+def assert_reached_init(run: Run, args: str) -> None:
+    """What the test init reports from inside a finished boot."""
+    assert run.value("PID") == "1"
+    assert run.value("ARGS") == args
+    assert run.value("MARKER") == "from-the-erofs-image"
+    assert run.value("READBACK") == "written-after-boot"
+    assert run.value("TIMINGS") == "yes"
 
 
 def kernel_log_since(run: Run, marker: str) -> str:
@@ -122,11 +136,7 @@ def test_real_switch_root_into_an_erofs_backed_overlay(bootfs: Bootfs) -> None:
                    "console=ttyS0 quiet rd.initoverlayfs.debug stray -- --weird",
                    "stray", "--weird")
     assert run.returncode == 0, run.stderr
-    assert run.value("PID") == "1"
-    assert run.value("ARGS") == "stray --weird"
-    assert run.value("MARKER") == "from-the-erofs-image"
-    assert run.value("READBACK") == "written-after-boot"
-    assert run.value("TIMINGS") == "yes"
+    assert_reached_init(run, "stray --weird")
 
     mounts = run.mounts()
     root = mounts["/"]
