@@ -15,7 +15,9 @@ import os
 import select
 import socket
 import stat
+import sys
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
@@ -70,6 +72,15 @@ _SYS_INIT_MODULE = 175
 _SYS_PIVOT_ROOT = 155
 
 LIBUDEV_SONAME = "libudev.so.1"
+
+
+def _soname_finder() -> types.ModuleType:
+    """A stand-in for ctypes.util, for pyudev only: find_library("udev") answers with the
+    soname, which the dynamic loader resolves by itself (no ldconfig cache, no compiler)."""
+    module = types.ModuleType("ctypes.util")
+    module.find_library = (  # type: ignore[attr-defined]
+        lambda name: LIBUDEV_SONAME if name == "udev" else None)
+    return module
 
 Tracer = Callable[[str], None]
 
@@ -353,10 +364,13 @@ class Kernel:
         """sysfs paths of the devices in any of these subsystems, enumerated by pyudev.
 
         pyudev finds libudev with ctypes.util.find_library, which needs ldconfig or a compiler;
-        an initramfs has neither, so the lookup is pointed at the soname for the one call.
+        an initramfs has neither. And importing ctypes.util imports tempfile, shutil and
+        random, which the frozen binary leaves out (a real boot showed pyudev failing to
+        import over it). So pyudev gets a ctypes.util whose find_library names the soname.
         """
         started = time.monotonic()
         try:
+            sys.modules.setdefault("ctypes.util", _soname_finder())
             import pyudev
             import pyudev._ctypeslib.utils as ctypes_utils
 
