@@ -41,6 +41,18 @@ def test_dependencies_load_first_and_once() -> None:
     assert index.resolve("usb:nothing") == []
 
 
+def test_aliases_match_by_glob_after_the_literal_head_check() -> None:
+    index = parse_index("", "alias pci:v*d1001* x\nalias *:virtio* y\nalias [ab]c z\n"
+                            "alias fs-ext? e\n", "")
+    # patterns starting with a wildcard have an empty head and are still tried
+    assert index.resolve("pci:v1AF4d1001sv0") == ["x"]
+    assert index.resolve("mod:virtio1") == ["y"]
+    assert index.resolve("bc") == ["z"]
+    assert index.resolve("fs-ext4") == ["e"]
+    assert index.resolve("fs-ext44") == []
+    assert index.resolve("pcx:v1AF4d1001") == []
+
+
 def test_softdep_pre_modules_load_before_the_module_through_their_aliases() -> None:
     dep = DEP + "kernel/fs/ext4.ko: kernel/jbd2.ko\nkernel/jbd2.ko:\nkernel/crc32c_generic.ko:\n"
     alias = ALIAS + "alias crypto-crc32c crc32c_generic\n"
