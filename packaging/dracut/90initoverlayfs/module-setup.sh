@@ -1,0 +1,67 @@
+#!/bin/bash
+# dracut module "initoverlayfs": the mini-initramfs. Without dracut's systemd module,
+# storage-init is /init (rdinit mode); with it, storage-init runs as initoverlayfs.service
+# and the initrd switches root into /initoverlayfs (systemd mode). Only included on request
+# (initoverlayfs-install passes -m), since it replaces the rest of the initrd.
+#
+# $initdir, $moddir, $systemdsystemunitdir, $dracutsysrootdir and the inst* helpers come
+# from dracut.
+# shellcheck disable=SC2154
+
+# The frozen storage-init folder; initoverlayfs-install points elsewhere from a source tree.
+frozen_source() {
+    echo "${INITOVERLAYFS_FROZEN:-$dracutsysrootdir/usr/lib/initoverlayfs/storage-init}"
+}
+
+check() {
+    require_binaries "$(frozen_source)/storage-init" || return 1
+    return 255
+}
+
+depends() {
+    return 0
+}
+
+installkernel() {
+    # What storage-init always loads; the storage drivers and the /boot filesystem come
+    # from initoverlayfs-install's --add-drivers, host-only or generic as it decided.
+    hostonly='' instmods loop erofs overlay
+}
+
+install() {
+    local source file target
+    source=$(frozen_source)
+    # Every file of the frozen folder; inst pulls in the libraries each ELF file needs.
+    while IFS= read -r -d '' file; do
+        target=/usr/lib/initoverlayfs/storage-init/${file#"$source"/}
+        inst "$file" "$target" || dfatal "initoverlayfs: cannot install $file"
+    done < <(find "$source" -type f ! -name .initoverlayfs-freeze -print0)
+
+    # With LANG= set and no locale at all the frozen binary aborts before Python starts.
+    [[ -d $dracutsysrootdir/usr/lib/locale/C.utf8 ]] \
+        && inst_multiple -o /usr/lib/locale/C.utf8/*
+
+    # initoverlayfs-install passes the config it checked with --include; a plain dracut
+    # run takes the system's.
+    inst_simple -o /etc/initoverlayfs.conf
+    inst_dir /boot
+    inst_dir /initoverlayfs
+
+    if dracut_module_included systemd; then
+        inst_multiple systemctl \
+            "$systemdsystemunitdir"/initoverlayfs.service \
+            "$systemdsystemunitdir"/initoverlayfs.target \
+            "$systemdsystemunitdir"/initoverlayfs-switch-root.service \
+            "$systemdsystemunitdir"/initoverlayfs-switch-root.target
+        $SYSTEMCTL -q --root "$initdir" set-default initoverlayfs.target
+        # systemd only runs as an initrd, and only allows switch-root, with initrd-release.
+        if [[ ! -e $initdir/etc/initrd-release ]]; then
+            mkdir -p "$initdir/usr/lib"
+            printf 'NAME="initoverlayfs mini-initramfs"\nID=initoverlayfs\n' \
+                > "$initdir/usr/lib/initrd-release"
+            ln_r /usr/lib/initrd-release /etc/initrd-release
+        fi
+    else
+        ln_r /usr/lib/initoverlayfs/storage-init/storage-init /init
+    fi
+}
