@@ -205,3 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"frozen storage-init: {frozen.folder} ({frozen.size / 1e6:.1f} MB, "
           f"{sum(1 for _ in frozen.folder.iterdir())} files) in {frozen.seconds:.0f} s")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,9 +17,9 @@ from pathlib import Path
 from storage_init.config import ConfigError, parse_config
 from storage_init.modules import ModuleIndex
 
-from . import compress, cpio, elf, erofs, freeze, fstab, initramfs, kmods, mini, output
+from . import compress, cpio, dracut, elf, erofs, freeze, fstab, initramfs, kmods, mini, output
 from .errors import BuildError
-from .run import need, run
+from .run import need
 from .ui import Ui
 
 PROG = "initoverlayfs-install"
@@ -36,10 +36,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-f", "--force", action="store_true",
                    help="replace existing images (without it, existing ones are kept and the "
                         "build stops, as with dracut)")
-    p.add_argument("--initoverlayfs-init", action="store_true",
-                   help="storage-init is the mini-initramfs's /init (rdinit mode). This is what "
-                        "this builder always makes; the flag is accepted for compatibility "
-                        "with the C original's installer")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--initoverlayfs-init", action="store_true",
+                      help="storage-init is the mini-initramfs's /init (rdinit mode, the "
+                           "default; the flag is accepted for compatibility with the C "
+                           "original's installer)")
+    mode.add_argument("--systemd", action="store_true",
+                      help="systemd mode: the mini-initramfs is a systemd initrd made by "
+                           "dracut with the initoverlayfs module; storage-init runs in it as "
+                           "initoverlayfs.service and systemd switches root. Implies "
+                           "--mini-with dracut")
+    p.add_argument("--mini-with", choices=("cpio", "dracut"), default="cpio",
+                   help="make the mini-initramfs with our own cpio writer (default: smaller, "
+                        "no dracut needed) or with dracut and the initoverlayfs dracut module")
     p.add_argument("--sysroot", type=Path, default=Path("/"),
                    help="read modules, fstab and config and write the images under this "
                         "directory (default: /)")
@@ -165,6 +174,10 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if existing and not args.force:
         raise BuildError(f"{', '.join(str(boot_dir / n) for n in existing)} already exist(s); "
                          "nothing was changed", "pass -f to replace them")
+    with_dracut = args.systemd or args.mini_with == "dracut"
+    if with_dracut:
+        dracut.need_dracut("to make the mini-initramfs with dracut")
+        dracut.need_module()
     if args.from_dir is not None and not args.from_dir.is_dir():
         raise BuildError(f"--from-dir {args.from_dir} is not a directory")
     unpacked = initramfs.load(ui, args.from_initramfs) if args.from_initramfs else None
@@ -179,6 +192,10 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         fstype = raw.get("bootfstype")
     frozen = (freeze.check_folder(args.storage_init) if args.storage_init
               else freeze.default_frozen(ui).folder)
+    if with_dracut and not frozen.resolve().is_relative_to(sysroot):
+        raise BuildError(f"dracut reads every file from the sysroot {sysroot}, and the frozen "
+                         f"storage-init {frozen} is outside it",
+                         "put it inside the sysroot, or pass --mini-with cpio")
     compression = erofs.choose_compression(
         ui, mkfs, args.erofs_compression or raw.get("erofs_compression"),
         sysroot / "boot" / f"config-{kver}")
@@ -210,7 +227,8 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         tree = args.from_dir
         if tree is None:
             if unpacked is None:
-                unpacked = initramfs.load(ui, run_dracut(ui, sysroot, kver, hostonly, workdir))
+                unpacked = initramfs.load(ui, dracut.content(ui, sysroot, kver, hostonly,
+                                                             workdir / "dracut.img"))
             tree = workdir / "tree"
             tree.mkdir()
             with ui.step(f"unpacking {len(unpacked.entries)} entries of the source initramfs"):
@@ -220,19 +238,18 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                          epoch=source_date_epoch())
 
         # --- the mini-initramfs ---
-        libraries = elf.closure(mini.frozen_programs(frozen), elf.search_dirs(),
-                                provided=[frozen])
-        locale = mini.find_locale()
-        if locale is None:
-            ui.warning("no C.UTF-8 locale on this system (/usr/lib/locale/C.utf8): "
-                       "a LANG= on the kernel command line will stop storage-init")
-        content = mini.build_tree(frozen, libraries, module_files, kver, config_text.encode(),
-                                  locale)
-        archive = cpio.write(content.entries.values(), source_date_epoch())
-        with ui.step(f"compressing the mini-initramfs ({args.compress})"):
-            packed = compress.compress(ui, args.compress, archive)
-        early = unpacked.early if unpacked is not None else b""
-        initramfs_bytes = early + packed
+        if with_dracut:
+            config_file = workdir / "initoverlayfs.conf"
+            config_file.write_text(config_text)
+            inside = "/" / frozen.resolve().relative_to(sysroot)
+            made = dracut.mini_initramfs(
+                ui, sysroot=sysroot, kver=kver, systemd=args.systemd, frozen=inside,
+                drivers=list(selection.modules), config=config_file,
+                compress=args.compress, target=workdir / "mini.img")
+            initramfs_bytes = made.read_bytes()  # dracut adds early microcode itself
+        else:
+            initramfs_bytes = cpio_mini_initramfs(ui, args.compress, frozen, module_files, kver,
+                                                  config_text, unpacked)
 
         # the image first, the file the bootloader loads last (see output.install)
         output.install(boot_dir, [output.Output(names[1], image),
@@ -245,17 +262,22 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                       image.stat().st_size, selection.modules, time.monotonic() - started)
 
 
-def run_dracut(ui: Ui, sysroot: Path, kver: str, hostonly: bool, workdir: Path) -> Path:
-    """The default content: what dracut would make for this kernel."""
-    dracut = need("dracut", "to make the initoverlayfs content (or pass --from-dir or "
-                            "--from-initramfs)")
-    target = workdir / "dracut.img"
-    argv = [dracut, "--force", "--kver", kver, "--hostonly" if hostonly else "--no-hostonly"]
-    if sysroot != Path("/"):
-        argv += ["--sysroot", os.fspath(sysroot)]
-    with ui.step(f"running dracut for {kver}"):
-        run(ui, [*argv, os.fspath(target)])
-    return target
+def cpio_mini_initramfs(ui: Ui, method: str, frozen: Path, module_files: dict[str, bytes],
+                        kver: str, config_text: str,
+                        unpacked: initramfs.Unpacked | None) -> bytes:
+    """The mini-initramfs from our own cpio writer, after the source's early microcode."""
+    libraries = elf.closure(mini.frozen_programs(frozen), elf.search_dirs(), provided=[frozen])
+    locale = mini.find_locale()
+    if locale is None:
+        ui.warning("no C.UTF-8 locale on this system (/usr/lib/locale/C.utf8): "
+                   "a LANG= on the kernel command line will stop storage-init")
+    content = mini.build_tree(frozen, libraries, module_files, kver, config_text.encode(),
+                              locale)
+    archive = cpio.write(content.entries.values(), source_date_epoch())
+    with ui.step(f"compressing the mini-initramfs ({method})"):
+        packed = compress.compress(ui, method, archive)
+    early = unpacked.early if unpacked is not None else b""
+    return early + packed
 
 
 def source_date_epoch() -> int:
