@@ -27,3 +27,14 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     done = run_tool("mypy")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_shell_scripts_are_shellcheck_clean() -> None:
+    scripts = [
+        "packaging/install-tree", "packaging/kernel-install/50-initoverlayfs.install",
+        "packaging/dracut/90initoverlayfs/module-setup.sh",
+        *(str(p.relative_to(REPO)) for p in sorted((REPO / "scripts").iterdir())
+          if p.read_bytes().startswith(b"#!/usr/bin/env bash")),
+    ]
+    done = run_tool("shellcheck", *scripts)
+    assert done.returncode == 0, done.stdout + done.stderr
