@@ -1,0 +1,208 @@
+"""A real Debian system for the systemd boot: debootstrap (systemd, dracut, the generic kernel),
+cached between runs; our .deb installed into it with dpkg in a chroot; its images built there
+by the kernel-install plugin and initoverlayfs-install; one GPT disk with a separate ext4
+/boot and ext4 root, both named in its fstab. A unit in the real root reports the boot on the
+console and powers off."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "debian-system"
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+# debootstrap's resolver would pick initramfs-tools for the kernel, so dracut and the
+# kernel come after it, from apt in the chroot.
+BASE = ("systemd", "systemd-sysv", "udev", "e2fsprogs", "kmod")
+EXTRA = ("dracut", "linux-image-amd64", "erofs-utils", "zstd", "python3")
+ROOT_UUID = "3c8e9a5f-1b2d-4e6f-8a7b-9c0d1e2f3a4b"
+BOOT_UUID = "7d4b2e1a-6c5f-4a3b-9e8d-0f1a2b3c4d5e"
+REPORT = "/usr/local/sbin/initoverlayfs-test-report"
+REPORT_SCRIPT = r"""#!/bin/sh
+# What the test checks, once the system is up: then power off.
+state=$(systemctl is-system-running --wait)
+say() { echo "REPORT $*" > /dev/console; }
+say "state=$state"
+say "cmdline=$(cat /proc/cmdline)"
+say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS /)"
+say "boot=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS /boot)"
+say "boot-uuid=$(findmnt -n -o UUID /boot)"
+say "root-uuid=$(findmnt -n -o UUID /)"
+say "multi-user-us=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
+say "initrd-release=$([ -e /etc/initrd-release ] && echo yes || echo no)"
+say "release-ran=$(systemctl show -P ConditionResult initoverlayfs-release.service)"
+say "release-result=$(systemctl show -P Result initoverlayfs-release.service)"
+systemctl --failed --no-legend --plain | while read -r unit _; do say "failed=$unit"; done
+systemd-analyze | head -1 | while read -r line; do say "analyze=$line"; done
+say "END"
+systemctl poweroff
+"""
+REPORT_UNIT = f"""[Unit]
+Description=initoverlayfs test: report the boot on the console and power off
+
+[Service]
+# simple, not oneshot: its own job must not hold back `is-system-running --wait`
+Type=simple
+ExecStart={REPORT}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class System:
+    root: Path  # the installed tree, after the package and the builds
+    kver: str
+    vmlinuz: Path
+    images: dict[str, Path]  # "dracut", "rdinit", "systemd" -> initrd
+    disk: Path
+    log: str  # what the package install and the systemd-mode build printed
+    plugin_output: str  # what `kernel-install add` printed
+
+
+def base_key() -> str:
+    text = "\n".join([SUITE, MIRROR, *BASE, *EXTRA, "v1"])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def chroot(root: Path, command: str, env: dict[str, str] | None = None) -> str:
+    """Run a shell command in the tree, with /proc /sys /dev mounted in a private mount
+    namespace (gone when it ends, even on failure)."""
+    script = (f"mount -t proc proc {root}/proc && mount -t sysfs sysfs {root}/sys && "
+              f"mount --rbind /dev {root}/dev && exec chroot {root} /bin/sh -c \"$0\"")
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, command],
+        capture_output=True, text=True, check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+             "DEBIAN_FRONTEND": "noninteractive", **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"in the chroot: {command}\nexit {result.returncode}\n"
+                           f"{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def base_root() -> Path:
+    """debootstrap + dracut + the kernel, built once and kept in .cache/debian-system."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    done = CACHE / base_key()
+    with (CACHE / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_dir():
+            return done
+        for stale in CACHE.iterdir():
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix="base-", dir=CACHE))
+        root = work / "root"
+        subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE)}",
+                        SUITE, str(root), MIRROR], check=True, capture_output=True)
+        # The kernel's postinst runs dracut: that initrd is the plain-dracut baseline.
+        chroot(root, "apt-get install -y -q --no-install-recommends " + " ".join(EXTRA)
+               + " && apt-get clean")
+        root.rename(done)
+        work.rmdir()
+        return done
+
+
+def kernel_version(root: Path) -> str:
+    found = sorted(p.name for p in (root / "lib/modules").iterdir())
+    if len(found) != 1:
+        raise RuntimeError(f"expected one kernel in the Debian root, found {found}")
+    return found[0]
+
+
+def prepare(work: Path, package: Path) -> System:
+    """Copy the cached base, install the package, build all three initrds, make the disk."""
+    root = work / "root"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(base_root()), str(root)], check=True)
+    kver = kernel_version(root)
+    (root / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+                                    f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
+    (root / "etc/hostname").write_text("initoverlayfs-test\n")
+    script = root / REPORT.lstrip("/")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(REPORT_SCRIPT)
+    script.chmod(0o755)
+    (root / "etc/systemd/system/initoverlayfs-test-report.service").write_text(REPORT_UNIT)
+    shutil.copy(package, root / "tmp" / package.name)
+    log = chroot(root, f"dpkg -i /tmp/{package.name} && rm /tmp/{package.name} && "
+                       "systemctl enable initoverlayfs-test-report.service")
+    # A chroot cannot tell which device holds /boot on the target: generic drivers.
+    args = root / "etc/initoverlayfs/install.args"
+    args.write_text(args.read_text() + "--no-hostonly\n")
+    keep = work / "images"
+    keep.mkdir()
+    images = {"dracut": root / "boot" / f"initrd.img-{kver}"}
+    # systemd mode: a dracut-made mini-initramfs with storage-init as a service; the
+    # initoverlayfs content is Debian's own dracut initrd
+    log += chroot(root, f"initoverlayfs-install --systemd --no-hostonly -f --kver {kver} "
+                        f"--from-initramfs /boot/initrd.img-{kver}")
+    images["systemd"] = Path(shutil.copy(root / "boot" / f"initramfs-{kver}.img",
+                                         keep / "initramfs-systemd.img"))
+    # rdinit mode through the kernel-install plugin, as on every kernel update; its EROFS
+    # image (from its own dracut run) replaces the one above and is what both modes boot
+    plugin = chroot(root, f"kernel-install add {kver} /boot/vmlinuz-{kver}")
+    images["rdinit"] = Path(shutil.copy(root / "boot" / f"initramfs-{kver}.img",
+                                        keep / "initramfs-rdinit.img"))
+    vmlinuz = Path(shutil.copy(root / "boot" / f"vmlinuz-{kver}", keep / "vmlinuz"))
+    return System(root, kver, vmlinuz, images, make_disk(work, root), log, plugin)
+
+
+def make_disk(work: Path, root: Path) -> Path:
+    """GPT: partition 1 the ext4 /boot (the tree's /boot), partition 2 the ext4 root."""
+    boot_tree = work / "boot-tree"
+    shutil.move(root / "boot", boot_tree)
+    (root / "boot").mkdir()
+    try:
+        boot_mb = _size_mb(boot_tree) + 64
+        root_mb = _size_mb(root) * 5 // 4 + 256
+        parts = []
+        for name, tree, uuid, size in (("boot", boot_tree, BOOT_UUID, boot_mb),
+                                       ("root", root, ROOT_UUID, root_mb)):
+            image = work / f"{name}.ext4"
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-L", name, "-d", str(tree),
+                            str(image), f"{size}M"], check=True, capture_output=True)
+            parts.append((image, size))
+    finally:
+        (root / "boot").rmdir()
+        shutil.move(boot_tree, root / "boot")
+    disk = work / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate((boot_mb + root_mb + 4) << 20)
+    subprocess.run(["sgdisk", "-o", "-n", f"1:2048:+{boot_mb}M", "-t", "1:8300", "-c", "1:boot",
+                    "-n", f"2:0:+{root_mb}M", "-t", "2:8300", "-c", "2:root", str(disk)],
+                   check=True, capture_output=True)
+    for number, (image, _) in enumerate(parts, 1):
+        info = subprocess.run(["sgdisk", "-i", str(number), str(disk)], check=True,
+                              capture_output=True, text=True).stdout
+        match = re.search(r"First sector: (\d+)", info)
+        assert match, info
+        subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
+                        f"seek={int(match.group(1)) * 512}", "conv=notrunc,sparse",
+                        "status=none"], check=True)
+        image.unlink()
+    return disk
+
+
+def _size_mb(tree: Path) -> int:
+    out = subprocess.run(["du", "-sm", "--apparent-size", str(tree)], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def parse_report(console: str) -> dict[str, list[str]]:
+    """REPORT key=value lines -> key -> values (failed= can repeat)."""
+    report: dict[str, list[str]] = {}
+    # not anchored: a line can start after a login prompt or a status line on the console
+    for match in re.finditer(r"REPORT ([\w-]+)(?:=(.*))?", console):
+        report.setdefault(match.group(1), []).append((match.group(2) or "").strip())
+    return report

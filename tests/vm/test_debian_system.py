@@ -1,0 +1,181 @@
+"""The real systemd boot: a debootstrapped Debian (systemd, dracut, the generic kernel) with a
+separate ext4 /boot, our .deb installed into it, its images built there by the kernel-install
+plugin (rdinit mode) and by initoverlayfs-install --systemd (dracut module, storage-init as a
+service), then booted three ways in QEMU on the same disk: both of ours and the system's own
+plain dracut initrd. Each must reach the real root's multi-user.target with / and /boot from
+the fstab; the three times and sizes are written to .cache/debian-system/comparison.md."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import debian_system
+from .debian_system import BOOT_UUID, ROOT_UUID, System, chroot, parse_report
+from .qemu import BootResult, VmSpec, boot
+
+pytestmark = pytest.mark.vm
+REPO = Path(__file__).resolve().parents[2]
+MODES = ("rdinit", "systemd", "dracut")
+UNITS = ("initoverlayfs.service", "initoverlayfs.target", "initoverlayfs-switch-root.service",
+         "initoverlayfs-switch-root.target", "initoverlayfs-release.service")
+
+
+@pytest.fixture(scope="module")
+def work() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="initoverlayfs-system-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def packages(work: Path) -> dict[str, Path]:
+    out = subprocess.run([str(REPO / "scripts/package"), "--out", str(work / "dist")],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    deb, rpm = (Path(line) for line in out.stdout.split())
+    return {"deb": deb, "rpm": rpm}
+
+
+@pytest.fixture(scope="module")
+def system(work: Path, packages: dict[str, Path]) -> System:
+    return debian_system.prepare(work, packages["deb"])
+
+
+@pytest.fixture(scope="module")
+def boots(system: System) -> dict[str, BootResult]:
+    """One boot per way, one after the other so that their times compare."""
+    results = {}
+    for mode in MODES:
+        spec = VmSpec(system.vmlinuz, system.images[mode], system.disk,
+                      append=f"root=UUID={ROOT_UUID} ro", memory_mb=1024, timeout=600)
+        results[mode] = boot(spec)
+    write_comparison(system, results)
+    return results
+
+
+def write_comparison(system: System, results: dict[str, BootResult]) -> None:
+    rows = ["| initrd | size (bytes) | multi-user.target reached | systemd-analyze |",
+            "|---|---:|---:|---|"]
+    for mode, run in results.items():
+        report = parse_report(run.console)
+        reached = report.get("multi-user-us", ["0"])[0]
+        seconds = int(reached) / 1e6 if reached.isdigit() else float("nan")
+        rows.append(f"| {mode} | {system.images[mode].stat().st_size:,} | {seconds:.2f} s | "
+                    f"{report.get('analyze', ['?'])[0]} |")
+    text = (f"Debian 12, kernel {system.kver}, QEMU TCG, one boot each, same disk\n\n"
+            + "\n".join(rows) + "\n")
+    (debian_system.CACHE / "comparison.md").write_text(text)
+    for mode, run in results.items():  # to read after the run, whatever the outcome
+        (debian_system.CACHE / f"console-{mode}.txt").write_text(run.console)
+    print("\n" + text)
+
+
+def why(run: BootResult) -> str:
+    return run.describe()
+
+
+def reached_multi_user(run: BootResult) -> dict[str, list[str]]:
+    report = parse_report(run.console)
+    assert run.returncode == 0 and "END" in report, run.describe()  # it powered itself off
+    return report
+
+
+def test_packages_build_and_ship_every_part(packages: dict[str, Path]) -> None:
+    deb = subprocess.run(["dpkg-deb", "--contents", str(packages["deb"])], check=True,
+                         capture_output=True, text=True).stdout
+    rpm = subprocess.run(["rpm", "-qpl", str(packages["rpm"])], check=True,
+                         capture_output=True, text=True).stdout
+    for listing in (deb, rpm):
+        for path in ("/usr/bin/initoverlayfs-install",
+                     "/usr/lib/initoverlayfs/storage-init/storage-init",
+                     "/usr/lib/dracut/modules.d/90initoverlayfs/module-setup.sh",
+                     "/usr/lib/kernel/install.d/50-initoverlayfs.install",
+                     "/usr/lib/systemd/system/sysinit.target.wants/initoverlayfs-release.service",
+                     *(f"/usr/lib/systemd/system/{unit}" for unit in UNITS)):
+            assert path in listing, (path, listing)
+        assert "initoverlayfs_build/install.py" in listing and "storage_init/mounts.py" in listing
+
+
+def test_units_pass_systemd_analyze_verify_in_the_installed_system(system: System) -> None:
+    paths = " ".join(f"/usr/lib/systemd/system/{unit}" for unit in UNITS)
+    out = chroot(system.root, f"systemd-analyze verify {paths} 2>&1; echo exit=$?")
+    assert out.strip().splitlines()[-1] == "exit=0", out
+    assert "initoverlayfs" not in out.replace("exit=0", ""), out  # no complaint about ours
+
+
+def test_kernel_install_add_is_quiet_and_remove_deletes_both_images(system: System) -> None:
+    assert system.plugin_output == "", system.plugin_output
+    boot_dir = system.root / "boot"
+    images = [boot_dir / f"initramfs-{system.kver}.img",
+              boot_dir / f"initoverlayfs-{system.kver}.img"]
+    assert all(p.is_file() for p in images)
+    # the plugin alone (the other plugins' remove would also drop modules.dep and friends)
+    plugin = f"/usr/lib/kernel/install.d/50-initoverlayfs.install remove {system.kver}"
+    for _ in range(2):  # idempotent: the second remove finds nothing and still succeeds
+        assert chroot(system.root, plugin) == ""
+        assert not any(p.exists() for p in images)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_boots_to_the_real_roots_multi_user_target(boots: dict[str, BootResult],
+                                                   mode: str) -> None:
+    run = boots[mode]
+    report = reached_multi_user(run)
+    why = run.describe()
+    assert report["state"] == ["running"], (report.get("failed"), why)
+    assert report["root-uuid"] == [ROOT_UUID] and report["boot-uuid"] == [BOOT_UUID], why
+    assert report["root"][0].split()[0] == "/dev/vda2", why
+    assert report["boot"][0].split()[0] == "/dev/vda1", why
+    assert "rw" in report["boot"][0].split()[-1].split(","), why  # /boot from fstab, rw
+    assert f"root=UUID={ROOT_UUID}" in report["cmdline"][0], why
+    assert report["initrd-release"] == ["no"], why  # the real root, not an initrd
+    assert int(report["multi-user-us"][0]) > 0, why
+
+
+def test_rdinit_mode_ran_storage_init_as_pid_1_then_the_initrd_in_the_image(
+        boots: dict[str, BootResult], system: System) -> None:
+    run = boots["rdinit"]
+    reached_multi_user(run)
+    console = run.console
+    assert re.search(r"storage-init: \d+ steps in [\d.]+ ms", console), run.describe()
+    assert "pyudev could not" not in console, run.describe()
+    # storage-init finished before the initrd's systemd (from the image) started
+    assert console.index("storage-init: ") < console.index("systemd[1]: "), run.describe()
+    report = parse_report(console)
+    assert (report["release-ran"], report["release-result"]) == (["yes"], ["success"]), why(run)
+
+
+def test_systemd_mode_ran_storage_init_as_a_service_then_switched_root_into_the_overlay(
+        boots: dict[str, BootResult]) -> None:
+    run = boots["systemd"]
+    reached_multi_user(run)
+    console = run.console
+    # (once journald runs, systemd's own unit messages go to the journal, not the console)
+    assert "Queued start job for default target initoverlayfs.target" in console, why(run)
+    assert "storage-init: found bootfs UUID=" in console, why(run)  # its own log, via journald
+    assert re.search(r"storage-init: 12 steps in [\d.]+ ms", console), why(run)  # no exec etc.
+    # the real root saw the overlay's image under /run/initoverlayfs, and released it
+    report = parse_report(console)
+    assert (report["release-ran"], report["release-result"]) == (["yes"], ["success"]), why(run)
+
+
+def test_plain_dracut_boot_leaves_the_release_unit_idle(boots: dict[str, BootResult]) -> None:
+    run = boots["dracut"]
+    report = reached_multi_user(run)
+    # nothing of ours to release: the unit's condition skipped it
+    assert report["release-ran"] == ["no"], run.describe()
+    assert "storage-init:" not in run.console, run.describe()
+
+
+def test_comparison_is_written(boots: dict[str, BootResult]) -> None:
+    text = (debian_system.CACHE / "comparison.md").read_text()
+    assert len(re.findall(r"\| \d+\.\d\d s \|", text)) == 3, text
