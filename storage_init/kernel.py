@@ -366,21 +366,15 @@ class Kernel:
         pyudev finds libudev with ctypes.util.find_library, which needs ldconfig or a compiler;
         an initramfs has neither. And importing ctypes.util imports tempfile, shutil and
         random, which the frozen binary leaves out (a real boot showed pyudev failing to
-        import over it). So pyudev gets a ctypes.util whose find_library names the soname.
+        import over it). So, unless the real one is already loaded (a host process, where it
+        works), pyudev gets a ctypes.util whose find_library names the soname.
         """
         started = time.monotonic()
         try:
             sys.modules.setdefault("ctypes.util", _soname_finder())
             import pyudev
-            import pyudev._ctypeslib.utils as ctypes_utils
 
-            find_library = ctypes_utils.find_library
-            ctypes_utils.find_library = lambda name: (
-                LIBUDEV_SONAME if name == "udev" else find_library(name))
-            try:
-                context = pyudev.Context()
-            finally:
-                ctypes_utils.find_library = find_library
+            context = pyudev.Context()
         except ImportError as exc:
             error = OSError(errno.ENOENT, str(exc), LIBUDEV_SONAME)
             self._trace("udev_new()", started, None, error)

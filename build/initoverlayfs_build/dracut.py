@@ -19,10 +19,6 @@ SYSTEMD_MODULES = ("systemd", "systemd-udevd", "udev-rules")
 COMPRESS = {"zstd": "zstd", "lz4": "lz4", "gzip": "gzip", "xz": "xz"}
 
 
-def need_dracut(why: str) -> str:
-    return need("dracut", why)
-
-
 def need_module() -> Path:
     """The installed initoverlayfs dracut module (dracut only looks in its own directory)."""
     found = next(iter(sorted(MODULES_D.glob(f"[0-9][0-9]{MODULE}"))), None)
@@ -42,7 +38,7 @@ def _base(dracut: str, sysroot: Path, kver: str) -> list[str]:
 
 def content(ui: Ui, sysroot: Path, kver: str, hostonly: bool, target: Path) -> Path:
     """The initrd dracut makes for this kernel: the initoverlayfs image's content."""
-    dracut = need_dracut("to make the initoverlayfs content (or pass --from-dir or "
+    dracut = need("dracut", "to make the initoverlayfs content (or pass --from-dir or "
                          "--from-initramfs)")
     argv = [*_base(dracut, sysroot, kver), "--hostonly" if hostonly else "--no-hostonly",
             "--omit", MODULE, os.fspath(target)]
@@ -56,7 +52,7 @@ def mini_initramfs(ui: Ui, *, sysroot: Path, kver: str, systemd: bool, frozen: P
     """The mini-initramfs made by dracut with only our module (plus systemd and udev in
     systemd mode). The drivers are the builder's own selection, host-only or generic, so
     both ways of making the mini-initramfs carry the same modules."""
-    dracut = need_dracut("to make the mini-initramfs with dracut")
+    dracut = need("dracut", "to make the mini-initramfs with dracut")
     modules = [*(SYSTEMD_MODULES if systemd else ()), MODULE]
     argv = [*_base(dracut, sysroot, kver), "--no-hostonly", "--no-hostonly-cmdline",
             "--modules", " ".join(modules), "--add-drivers", " ".join(drivers),

@@ -176,7 +176,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                          "nothing was changed", "pass -f to replace them")
     with_dracut = args.systemd or args.mini_with == "dracut"
     if with_dracut:
-        dracut.need_dracut("to make the mini-initramfs with dracut")
+        need("dracut", "to make the mini-initramfs with dracut")
         dracut.need_module()
     if args.from_dir is not None and not args.from_dir.is_dir():
         raise BuildError(f"--from-dir {args.from_dir} is not a directory")
@@ -219,7 +219,9 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if selection.missing:
         ui.info(f"not in {kver} (built in under another name, or absent): "
                 f"{', '.join(selection.missing)}")
-    module_files = kmods.module_files(ui, moddir, index, selection.modules)
+    # (dracut installs the modules itself when it makes the mini-initramfs)
+    module_files = ({} if with_dracut
+                    else kmods.module_files(ui, moddir, index, selection.modules))
 
     with tempfile.TemporaryDirectory(prefix="initoverlayfs-") as work:
         workdir = Path(work)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from initoverlayfs_build import initramfs
+from initoverlayfs_build.ui import Ui
 
 from . import debian_system
 from .debian_system import BOOT_UUID, ROOT_UUID, System, chroot, parse_report
@@ -125,20 +127,34 @@ def test_kernel_install_add_is_quiet_and_remove_deletes_both_images(system: Syst
         assert not any(p.exists() for p in images)
 
 
+def test_dracut_module_made_the_systemd_mode_mini_initramfs(system: System) -> None:
+    entries = {e.name for e in initramfs.load(Ui("test", quiet=True),
+                                              system.images["systemd"]).entries}
+    for name in ("usr/lib/initoverlayfs/storage-init/storage-init",
+                 "usr/lib/initoverlayfs/storage-init/libudev.so.1",
+                 "usr/lib/locale/C.utf8/LC_CTYPE", "etc/initoverlayfs.conf",
+                 "usr/lib/systemd/system/initoverlayfs.service",
+                 "etc/systemd/system/default.target", "etc/initrd-release", "initoverlayfs",
+                 f"lib/modules/{system.kver}/kernel/drivers/block/loop.ko",
+                 f"lib/modules/{system.kver}/kernel/drivers/block/virtio_blk.ko"):
+        assert name in entries or f"usr/{name}" in entries, name
+    assert ".initoverlayfs-freeze" not in " ".join(entries)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_boots_to_the_real_roots_multi_user_target(boots: dict[str, BootResult],
                                                    mode: str) -> None:
     run = boots[mode]
     report = reached_multi_user(run)
-    why = run.describe()
-    assert report["state"] == ["running"], (report.get("failed"), why)
-    assert report["root-uuid"] == [ROOT_UUID] and report["boot-uuid"] == [BOOT_UUID], why
-    assert report["root"][0].split()[0] == "/dev/vda2", why
-    assert report["boot"][0].split()[0] == "/dev/vda1", why
-    assert "rw" in report["boot"][0].split()[-1].split(","), why  # /boot from fstab, rw
-    assert f"root=UUID={ROOT_UUID}" in report["cmdline"][0], why
-    assert report["initrd-release"] == ["no"], why  # the real root, not an initrd
-    assert int(report["multi-user-us"][0]) > 0, why
+    context = run.describe()
+    assert report["state"] == ["running"], (report.get("failed"), context)
+    assert report["root-uuid"] == [ROOT_UUID] and report["boot-uuid"] == [BOOT_UUID], context
+    assert report["root"][0].split()[0] == "/dev/vda2", context
+    assert report["boot"][0].split()[0] == "/dev/vda1", context
+    assert "rw" in report["boot"][0].split()[-1].split(","), context  # /boot from fstab, rw
+    assert f"root=UUID={ROOT_UUID}" in report["cmdline"][0], context
+    assert report["initrd-release"] == ["no"], context  # the real root, not an initrd
+    assert int(report["multi-user-us"][0]) > 0, context
 
 
 def test_rdinit_mode_ran_storage_init_as_pid_1_then_the_initrd_in_the_image(

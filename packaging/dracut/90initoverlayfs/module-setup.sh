@@ -8,9 +8,20 @@
 # from dracut.
 # shellcheck disable=SC2154
 
-# The frozen storage-init folder; initoverlayfs-install points elsewhere from a source tree.
+# The frozen storage-init folder, as a path inside the sysroot (dracut's helpers prepend
+# $dracutsysrootdir themselves); initoverlayfs-install points elsewhere from a source tree.
 frozen_source() {
-    echo "${INITOVERLAYFS_FROZEN:-$dracutsysrootdir/usr/lib/initoverlayfs/storage-init}"
+    echo "${INITOVERLAYFS_FROZEN:-/usr/lib/initoverlayfs/storage-init}"
+}
+
+# Every file under DIR (a path inside the sysroot) to the same place below DEST; inst pulls
+# in the libraries each ELF file needs.
+inst_tree() {
+    local dir=$1 dest=$2 file
+    while IFS= read -r -d '' file; do
+        file=${file#"$dracutsysrootdir"}
+        inst "$file" "$dest/${file#"$dir"/}" || dfatal "initoverlayfs: cannot install $file"
+    done < <(find "$dracutsysrootdir$dir" -type f ! -name .initoverlayfs-freeze -print0)
 }
 
 check() {
@@ -29,21 +40,17 @@ installkernel() {
 }
 
 install() {
-    local source file target
-    source=$(frozen_source)
-    # Every file of the frozen folder; inst pulls in the libraries each ELF file needs.
-    while IFS= read -r -d '' file; do
-        target=/usr/lib/initoverlayfs/storage-init/${file#"$source"/}
-        inst "$file" "$target" || dfatal "initoverlayfs: cannot install $file"
-    done < <(find "$source" -type f ! -name .initoverlayfs-freeze -print0)
-
+    inst_tree "$(frozen_source)" /usr/lib/initoverlayfs/storage-init
     # With LANG= set and no locale at all the frozen binary aborts before Python starts.
-    [[ -d $dracutsysrootdir/usr/lib/locale/C.utf8 ]] \
-        && inst_multiple -o /usr/lib/locale/C.utf8/*
+    if [[ -d $dracutsysrootdir/usr/lib/locale/C.utf8 ]]; then
+        inst_tree /usr/lib/locale/C.utf8 /usr/lib/locale/C.utf8
+    fi
 
     # initoverlayfs-install passes the config it checked with --include; a plain dracut
-    # run takes the system's.
-    inst_simple -o /etc/initoverlayfs.conf
+    # run takes the system's. (inst_simple has no -o: test for the file instead.)
+    if [[ -f $dracutsysrootdir/etc/initoverlayfs.conf ]]; then
+        inst_simple /etc/initoverlayfs.conf
+    fi
     inst_dir /boot
     inst_dir /initoverlayfs
 
