@@ -5,25 +5,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
 
+from . import TYPE_CHECKING
 from .cmdline import DEBUG, Param, flag
 from .emergency import Policy, emergency
 from .errors import BootError
 from .log import Log
+from .record import field, record
 from .settings import NEW_ROOT, SCRATCH, Settings
 
 if TYPE_CHECKING:
+    import _socket
+    from typing import NoReturn
+
     from .devices import BlockDevice
     from .kernel import Kernel
     from .modules import Loader
     from .steps import Step
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Paths:
     """Where things are; tests point these elsewhere, a real boot never does."""
 
@@ -40,7 +42,7 @@ class Paths:
         return f"{self.scratch}/timings.json"
 
 
-@dataclass
+@record
 class Boot:
     kernel: Kernel
     log: Log
@@ -52,7 +54,7 @@ class Boot:
     params: tuple[Param, ...] = ()
     settings: Settings | None = None
     loader: Loader | None = None
-    uevents: socket.socket | None = None
+    uevents: _socket.socket | None = None
     bootfs: BlockDevice | None = None
     loop_device: str | None = None
     loop_fd: int | None = None  # held open until the image is mounted (autoclear)

@@ -8,9 +8,9 @@ program does not know is a warning naming the line; a known key with an unusable
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 from .devspec import DeviceSpec, SpecError, parse_spec
+from .record import field, record
 
 CONFIG_PATH = "/etc/initoverlayfs.conf"
 DEFAULT_SUBSYSTEMS = ("module", "block", "virtio", "pci", "nvme", "scsi")
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """A config line that cannot be used; the message names the line and the key."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     bootfs: DeviceSpec | None = None
     bootfs_hint: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import record
 
 KINDS = ("UUID", "LABEL", "PARTUUID", "PARTLABEL")
 _BY_DIR = {
@@ -19,7 +19,7 @@ class SpecError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceSpec:
     kind: str  # one of KINDS, or "PATH"
     value: str

@@ -8,18 +8,22 @@ unit tests drive against a recording fake with the same methods.
 
 from __future__ import annotations
 
+import _socket  # not socket: its enum conversion of every constant is start time
 import ctypes
 import errno
 import fcntl
 import os
 import select
-import socket
 import stat
 import sys
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
+
+from . import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # loop ioctls (linux/loop.h), named in the debug trace
 LOOP_SET_FD = 0x4C00
@@ -74,13 +78,48 @@ _SYS_PIVOT_ROOT = 155
 LIBUDEV_SONAME = "libudev.so.1"
 
 
-def _soname_finder() -> types.ModuleType:
-    """A stand-in for ctypes.util, for pyudev only: find_library("udev") answers with the
-    soname, which the dynamic loader resolves by itself (no ldconfig cache, no compiler)."""
-    module = types.ModuleType("ctypes.util")
-    module.find_library = (  # type: ignore[attr-defined]
-        lambda name: LIBUDEV_SONAME if name == "udev" else None)
+def _stand_in(name: str, **attrs: object) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
     return module
+
+
+def _no_subprocess(*args: object, **kwargs: object) -> bytes:
+    raise OSError(errno.ENOSYS, "storage-init runs no programs through pyudev")
+
+
+def _no_timedelta(*args: object, **kwargs: object) -> object:
+    raise OSError(errno.ENOSYS, "storage-init does not ask pyudev for device ages")
+
+
+def import_pyudev() -> types.ModuleType:
+    """pyudev, imported with stand-ins for the three stdlib modules it imports but storage-init
+    never uses through it (see Kernel.udev_devices for why each).
+
+    A stand-in is used only where the real module is not loaded yet (in a host process it
+    usually is, and then pyudev gets the real one), and is taken out of sys.modules again
+    after the import, so nothing else in the process ever sees it.
+    """
+    stand_ins = {
+        # find_library("udev") answers with the soname, which the dynamic loader resolves
+        # by itself (no ldconfig cache, no compiler)
+        "ctypes.util": _stand_in("ctypes.util", find_library=(
+            lambda name: LIBUDEV_SONAME if name == "udev" else None)),
+        # pyudev runs `udevadm --version` for monitor features only
+        "subprocess": _stand_in("subprocess", check_output=_no_subprocess),
+        # Device.time_since_initialized only
+        "datetime": _stand_in("datetime", timedelta=_no_timedelta),
+    }
+    added = [name for name, module in stand_ins.items()
+             if sys.modules.setdefault(name, module) is module]
+    try:
+        import pyudev
+    finally:
+        for name in added:
+            del sys.modules[name]
+    module: types.ModuleType = pyudev
+    return module
+
 
 Tracer = Callable[[str], None]
 
@@ -331,20 +370,20 @@ class Kernel:
             ),
         )
 
-    def uevent_open(self) -> socket.socket:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT
+    def uevent_open(self) -> _socket.socket:
+        sock = _socket.socket(
+            _socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, NETLINK_KOBJECT_UEVENT
         )
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UEVENT_BUFFER)
+            sock.setsockopt(_socket.SOL_SOCKET, SO_RCVBUFFORCE, UEVENT_BUFFER)
         except OSError:  # needs CAP_NET_ADMIN; the default buffer still works, just smaller
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UEVENT_BUFFER)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, UEVENT_BUFFER)
         sock.bind((0, 1))  # multicast group 1: events straight from the kernel
         if self.tracer:
             self.tracer("socket(AF_NETLINK, NETLINK_KOBJECT_UEVENT) bound to group 1")
         return sock
 
-    def uevent_recv(self, sock: socket.socket, timeout: float) -> bytes | None:
+    def uevent_recv(self, sock: _socket.socket, timeout: float) -> bytes | None:
         """One kernel uevent, or None when `timeout` seconds passed without one.
 
         Raises OSError(ENOBUFS) when the kernel dropped events because the buffer overflowed;
@@ -363,18 +402,16 @@ class Kernel:
     def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
         """sysfs paths of the devices in any of these subsystems, enumerated by pyudev.
 
-        pyudev finds libudev with ctypes.util.find_library, which needs ldconfig or a compiler;
-        an initramfs has neither. And importing ctypes.util imports tempfile, shutil and
-        random, which the frozen binary leaves out (a real boot showed pyudev failing to
-        import over it). So, unless the real one is already loaded (a host process, where it
-        works), pyudev gets a ctypes.util whose find_library names the soname.
+        pyudev is imported through import_pyudev: it finds libudev with
+        ctypes.util.find_library, which needs ldconfig or a compiler (an initramfs has
+        neither), and importing ctypes.util imports tempfile, shutil and random, which the
+        frozen binary leaves out (a real boot showed pyudev failing to import over it). Its
+        imports of subprocess and datetime took 135 of the 366 ms it cost a boot under QEMU
+        TCG, for functions storage-init never calls.
         """
         started = time.monotonic()
         try:
-            sys.modules.setdefault("ctypes.util", _soname_finder())
-            import pyudev
-
-            context = pyudev.Context()
+            context = import_pyudev().Context()
         except ImportError as exc:
             error = OSError(errno.ENOENT, str(exc), LIBUDEV_SONAME)
             self._trace("udev_new()", started, None, error)

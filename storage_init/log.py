@@ -9,15 +9,17 @@ the kernel opens on /dev/console for init when the initramfs has that node.
 
 from __future__ import annotations
 
-from typing import Protocol
+from . import TYPE_CHECKING
 
 PREFIX = "storage-init: "
 ERR, WARNING, INFO, DEBUG = 3, 4, 6, 7
 DEFAULT_CONSOLE_LOGLEVEL = 7
 
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class _Writer(Protocol):
-    def write_fd(self, fd: int, data: bytes) -> None: ...
+    class _Writer(Protocol):
+        def write_fd(self, fd: int, data: bytes) -> None: ...
 
 
 class Log:

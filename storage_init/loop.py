@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Protocol
 
+from . import TYPE_CHECKING
 from .kernel import (  # defined at the syscall boundary, whose trace names them
     LOOP_CLR_FD,
     LOOP_CONFIGURE,
@@ -40,15 +40,16 @@ def loop_info64(backing: str, flags: int) -> bytes:
 def loop_config(backing_fd: int, backing: str, flags: int) -> bytes:
     return _CONFIG.pack(backing_fd, 0, loop_info64(backing, flags))
 
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class _Kernel(Protocol):
-    def open(self, path: str, flags: int) -> int: ...
-    def close(self, fd: int) -> None: ...
-    def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes: ...
+    class _Kernel(Protocol):
+        def open(self, path: str, flags: int) -> int: ...
+        def close(self, fd: int) -> None: ...
+        def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes: ...
 
-
-class _Log(Protocol):
-    def info(self, message: str) -> None: ...
+    class _Log(Protocol):
+        def info(self, message: str) -> None: ...
 
 
 def attach(kernel: _Kernel, log: _Log, image: str) -> tuple[str, int]:

@@ -11,9 +11,8 @@ import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NoReturn
 
-from . import __version__
+from . import TYPE_CHECKING, __version__
 from .boot import Boot, Paths
 from .cmdline import DEBUG, flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
@@ -25,6 +24,7 @@ from .steps import RDINIT, SYSTEMD, steps_for
 
 if TYPE_CHECKING:
     import argparse
+    from typing import NoReturn
 
 
 def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],

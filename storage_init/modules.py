@@ -10,11 +10,11 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Protocol
 
+from . import TYPE_CHECKING
 from .kernel import MODULE_INIT_COMPRESSED_FILE
+from .record import field, record
 
 COMPRESSED_SUFFIXES = (".ko.xz", ".ko.zst", ".ko.gz")
 
@@ -29,7 +29,7 @@ def module_name(path_or_name: str) -> str:
     return base.replace("-", "_")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ModuleIndex:
     paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to the dir
     deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> dependency names
@@ -128,18 +128,19 @@ def parse_index(dep: str, alias: str, builtin: str, softdep: str = "") -> Module
     return ModuleIndex(paths, deps, parse_modules_alias(alias), parse_modules_builtin(builtin),
                        parse_modules_softdep(softdep))
 
+if TYPE_CHECKING:
+    from typing import Protocol
 
-class _Kernel(Protocol):
-    def open(self, path: str, flags: int) -> int: ...
-    def close(self, fd: int) -> None: ...
-    def read_file(self, path: str) -> bytes: ...
-    def finit_module(self, fd: int, params: str, flags: int, path: str) -> None: ...
+    class _Kernel(Protocol):
+        def open(self, path: str, flags: int) -> int: ...
+        def close(self, fd: int) -> None: ...
+        def read_file(self, path: str) -> bytes: ...
+        def finit_module(self, fd: int, params: str, flags: int, path: str) -> None: ...
 
-
-class _Log(Protocol):
-    def info(self, message: str) -> None: ...
-    def warning(self, message: str) -> None: ...
-    def debug(self, message: str) -> None: ...
+    class _Log(Protocol):
+        def info(self, message: str) -> None: ...
+        def warning(self, message: str) -> None: ...
+        def debug(self, message: str) -> None: ...
 
 
 class Loader:

@@ -14,19 +14,20 @@ data; unrecognised input gives None or an empty dict. Exceptions raised by the r
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from .record import record
 
 Reader = Callable[[int, int], bytes]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Filesystem:
     fstype: str  # "ext4", "ext3", "ext2", "ext4dev", "vfat", "xfs", "btrfs", "erofs"
     uuid: str | None  # formatted exactly as blkid prints UUID=
     label: str | None  # as blkid prints LABEL= (None when empty)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Partition:
     number: int  # 1-based, as the kernel numbers it (sysfs .../partition)
     partuuid: str  # as blkid prints PARTUUID= (GPT: lowercase GUID; MBR: "xxxxxxxx-NN")

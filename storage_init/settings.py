@@ -8,19 +8,19 @@ it would be worse; a bad or missing bootfs is an error, because nothing can be f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .cmdline import Param, last_value
 from .config import Config, ConfigError, parse_fstype, parse_image_path
 from .devspec import DeviceSpec, SpecError, parse_spec
 from .emergency import ACTIONS
+from .record import record
 
 DEFAULT_TIMEOUT = 30.0
 NEW_ROOT = "/initoverlayfs"
 SCRATCH = "/run/initoverlayfs"  # tmpfs for upper/work/lower; moves into the new root with /run
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     bootfs: DeviceSpec
     bootfs_hint: str | None

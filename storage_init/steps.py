@@ -12,7 +12,6 @@ import errno
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from . import loop, switchroot, udev
 from .boot import Boot
@@ -22,6 +21,7 @@ from .devices import Finder
 from .errors import BootError
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .modules import Loader
+from .record import record
 from .settings import resolve
 
 RDINIT, SYSTEMD = "rdinit", "systemd"
@@ -35,7 +35,7 @@ API_MOUNTS = (
 INIT_CANDIDATES = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     name: str
     run: Callable[[Boot], None]

@@ -10,6 +10,8 @@ Why these Nuitka options (measured on this project, see DESIGN.md):
 - static_hashes: no hash randomization seed. Early in boot the kernel's entropy pool is not
   ready and /dev/urandom does not exist yet, and a real Debian kernel in QEMU stopped the
   binary with "Fatal Python error: _Py_HashRandomization_Init: failed to get random numbers";
+- no_docstrings: nothing reads them at run time; they are only bytes in the binary;
+- lto: 0.7 MB less binary for the kernel to unpack at every boot (11.8 MB without);
 - UTF-8 mode (Nuitka takes it from the compiling interpreter's -X utf8): paths and console
   text are UTF-8 whatever LANG= the kernel command line hands PID 1;
 - nofollow for stdlib parts storage-init never imports at run time (hashing, decimal, pickle,
@@ -57,17 +59,28 @@ NOT_NEEDED = (
     "asyncio", "concurrent", "multiprocessing", "unittest", "doctest", "pydoc", "pdb",
     "tkinter", "curses", "distutils", "setuptools", "pip", "lib2to3", "venv", "idlelib",
     "platform",
+    # what storage_init.record and TYPE_CHECKING replace (typing: only mypy reads it). Not
+    # inspect and what it imports (ast, dis, tokenize): the Nuitka runtime imports inspect
+    # itself at every start, to patch it for compiled functions.
+    "dataclasses", "typing",
+    # pyudev imports these for functions storage-init never calls (Kernel.import_pyudev)
+    "subprocess", "datetime",
     # pyudev's GUI-toolkit bindings
     "pyudev.glib", "pyudev.wx", "pyudev.pyqt4", "pyudev.pyqt5", "pyudev.pyside",
     "pyudev.pyside2", "pyudev.pyside6", "pyudev._qt_base",
 )
 
 
-# Nuitka counts every `encodings` submodule as needed at startup and ships the CJK codecs'
-# extension modules; they load only to encode or decode CJK text, which storage-init never
-# does (1.2 MB, about a fifth of the folder's extension modules).
+# Extension modules Nuitka ships that storage-init never loads (tests/unit/test_start_cost.py
+# checks a boot's imports against this list). Nuitka counts every `encodings` submodule as
+# needed at startup and ships the CJK codecs' modules; they load only to encode or decode CJK
+# text (1.2 MB). The others belong to stdlib modules the freeze leaves out (NOT_NEEDED) or
+# that only other programs' paths import: random, typing, dis, base64, shutil, zipimport,
+# datetime.
 UNUSED_EXTENSIONS = ("_codecs_cn.so", "_codecs_hk.so", "_codecs_iso2022.so", "_codecs_jp.so",
-                     "_codecs_kr.so", "_codecs_tw.so", "_multibytecodec.so")
+                     "_codecs_kr.so", "_codecs_tw.so", "_multibytecodec.so",
+                     "_random.so", "_sha512.so", "_typing.so", "_opcode.so", "binascii.so",
+                     "grp.so", "zlib.so", "_datetime.so")
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ def nuitka_command(python: str, script: Path, outdir: Path, jobs: int) -> list[s
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
         python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",
         "--experimental=force-unix-binary-name", "--python-flag=no_site",
-        "--python-flag=static_hashes",
+        "--python-flag=static_hashes", "--python-flag=no_docstrings", "--lto=yes",
         "--include-package=pyudev", f"--nofollow-import-to={','.join(NOT_NEEDED)}",
         f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
         "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),

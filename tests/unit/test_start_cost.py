@@ -1,0 +1,131 @@
+"""What keeps storage-init's start cheap: storage_init.record behaves as the dataclasses it
+stands in for, the import graph stays free of the modules removed from it, nothing the freeze
+leaves out is imported, and pyudev's stand-ins never outlive its import."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from storage_init.record import FrozenInstanceError, field, record
+
+
+@record(frozen=True)
+class Point:
+    x: int
+    y: int = 0
+    tags: tuple[str, ...] = field(default=(), compare=False)
+
+
+@record
+class Bag:
+    name: str
+    items: list[int] = field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefPoint:
+    x: int
+    y: int = 0
+    tags: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+
+def test_init_defaults_and_keywords() -> None:
+    assert (Point(1).x, Point(1).y, Point(1).tags) == (1, 0, ())
+    assert Point(y=2, x=1) == Point(1, 2)
+    assert Point.y == 0  # the default stays a class attribute, as with dataclasses
+
+
+def test_repr_matches_dataclasses() -> None:
+    assert repr(Point(1, 2, ("a",))).replace("Point", "RefPoint") == repr(RefPoint(1, 2, ("a",)))
+
+
+def test_eq_and_hash_skip_uncompared_fields() -> None:
+    assert Point(1, 2, ("a",)) == Point(1, 2, ("b",))
+    assert hash(Point(1, 2, ("a",))) == hash(Point(1, 2, ("b",)))
+    assert Point(1, 2) != Point(2, 1)
+    other: object = (1, 2)
+    assert Point(1, 2) != other  # another class is never equal
+    assert len({Point(1), Point(1), Point(2)}) == 2
+
+
+def test_frozen_rejects_assignment_and_deletion() -> None:
+    p = Point(1)
+    with pytest.raises(FrozenInstanceError):
+        p.x = 2  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        del p.x
+    assert isinstance(FrozenInstanceError("x"), AttributeError)
+
+
+def test_mutable_record_gets_a_fresh_factory_value_and_no_hash() -> None:
+    a, b = Bag("a"), Bag("b")
+    a.items.append(1)
+    assert b.items == []
+    a.name = "c"
+    assert a == Bag("c", [1])
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+def test_bad_arguments_fail_like_a_call() -> None:
+    with pytest.raises(TypeError, match="missing argument 'x'"):
+        Point()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected"):
+        Point(1, z=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="multiple values"):
+        Point(1, x=1)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="takes 3 arguments"):
+        Point(1, 2, (), 4)  # type: ignore[call-arg]
+
+
+def test_field_order_rule_and_match_args() -> None:
+    with pytest.raises(TypeError, match="non-default field 'b'"):
+        @record
+        class Bad:
+            a: int = 0
+            b: int  # type: ignore[misc]
+    assert Point.__match_args__ == ("x", "y", "tags")
+
+
+def test_storage_init_imports_none_of_the_costly_modules() -> None:
+    # What PID 1 imports is its start time; these were removed for it (see record.py).
+    probe = ("import sys, storage_init.main; "
+             "print(' '.join(m for m in ('typing', 'dataclasses', 'inspect', 'ast', 'socket', "
+             "'argparse') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": ":".join(sys.path)})
+    assert out.stdout.split() == []
+
+
+def test_nothing_the_freeze_leaves_out_is_imported_at_boot() -> None:
+    # A module the freeze leaves out but something imports would stop the frozen binary at
+    # boot; this runs the imports of a boot (pyudev included, with the same ctypes.util
+    # stand-in) and of the command-line path.
+    from initoverlayfs_build.freeze import NOT_NEEDED, UNUSED_EXTENSIONS
+    probe = ("import sys, storage_init.main, storage_init.kernel as k; "
+             "k.import_pyudev().Context(); import argparse; "
+             "print(' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": ":".join(sys.path)})
+    loaded = set(out.stdout.split())
+    assert "pyudev" in loaded
+    assert sorted(m for m in NOT_NEEDED if m in loaded) == []
+    assert sorted(m for m in (e.removesuffix(".so") for e in UNUSED_EXTENSIONS)
+                  if m in loaded) == []
+
+
+def test_pyudev_stand_ins_exist_only_during_its_import() -> None:
+    probe = ("import sys, errno, storage_init.kernel as k; pyudev = k.import_pyudev(); "
+             "print(' '.join(m for m in ('subprocess', 'datetime', 'ctypes.util') "
+             "if m in sys.modules)); "
+             "import pyudev._util as u\n"
+             "try: u.check_output(['udevadm', '--version'])\n"
+             "except OSError as e: print(errno.errorcode[e.errno])\n"
+             "import subprocess; print(hasattr(subprocess, 'Popen'))")
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": ":".join(sys.path)})
+    assert out.stdout.splitlines() == ["", "ENOSYS", "True"]
