@@ -52,6 +52,7 @@ class BlockDevice:
         return spec.matches(fs.uuid if fs else None, fs.label if fs else None,
                             part.partuuid if part else None, part.partlabel if part else None)
 
+
 if TYPE_CHECKING:
     import _socket
     from typing import Protocol

@@ -31,6 +31,7 @@ class Policy:
         action = last_value(params, "rd.emergency") or "reboot"
         return cls(bool(flag(params, "rd.shell")), action if action in ACTIONS else "reboot")
 
+
 if TYPE_CHECKING:
     from typing import NoReturn, Protocol
 

@@ -93,21 +93,25 @@ def _no_timedelta(*args: object, **kwargs: object) -> object:
 
 
 def import_pyudev() -> types.ModuleType:
-    """pyudev, imported with stand-ins for the three stdlib modules it imports but storage-init
-    never uses through it (see Kernel.udev_devices for why each).
+    """pyudev, imported with stand-ins for three stdlib modules it imports but storage-init
+    never uses through it.
+
+    - ctypes.util: pyudev finds libudev with its find_library, which needs ldconfig or a
+      compiler (an initramfs has neither), and importing it imports tempfile, shutil and
+      random, which the frozen binary leaves out (a real boot showed pyudev failing to import
+      over it);
+    - subprocess and datetime: they were 135 of the 366 ms that pyudev cost a boot under QEMU
+      TCG, for `udevadm --version` (monitor features) and device ages.
 
     A stand-in is used only where the real module is not loaded yet (in a host process it
     usually is, and then pyudev gets the real one), and is taken out of sys.modules again
     after the import, so nothing else in the process ever sees it.
     """
     stand_ins = {
-        # find_library("udev") answers with the soname, which the dynamic loader resolves
-        # by itself (no ldconfig cache, no compiler)
+        # the soname, which the dynamic loader resolves by itself
         "ctypes.util": _stand_in("ctypes.util", find_library=(
             lambda name: LIBUDEV_SONAME if name == "udev" else None)),
-        # pyudev runs `udevadm --version` for monitor features only
         "subprocess": _stand_in("subprocess", check_output=_no_subprocess),
-        # Device.time_since_initialized only
         "datetime": _stand_in("datetime", timedelta=_no_timedelta),
     }
     added = [name for name, module in stand_ins.items()
@@ -400,15 +404,8 @@ class Kernel:
     # --- udev -----------------------------------------------------------------------------
 
     def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
-        """sysfs paths of the devices in any of these subsystems, enumerated by pyudev.
-
-        pyudev is imported through import_pyudev: it finds libudev with
-        ctypes.util.find_library, which needs ldconfig or a compiler (an initramfs has
-        neither), and importing ctypes.util imports tempfile, shutil and random, which the
-        frozen binary leaves out (a real boot showed pyudev failing to import over it). Its
-        imports of subprocess and datetime took 135 of the 366 ms it cost a boot under QEMU
-        TCG, for functions storage-init never calls.
-        """
+        """sysfs paths of the devices in any of these subsystems, enumerated by pyudev
+        (imported by import_pyudev, which says how and why)."""
         started = time.monotonic()
         try:
             context = import_pyudev().Context()

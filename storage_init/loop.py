@@ -40,6 +40,7 @@ def loop_info64(backing: str, flags: int) -> bytes:
 def loop_config(backing_fd: int, backing: str, flags: int) -> bytes:
     return _CONFIG.pack(backing_fd, 0, loop_info64(backing, flags))
 
+
 if TYPE_CHECKING:
     from typing import Protocol
 

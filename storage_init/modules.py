@@ -128,6 +128,7 @@ def parse_index(dep: str, alias: str, builtin: str, softdep: str = "") -> Module
     return ModuleIndex(paths, deps, parse_modules_alias(alias), parse_modules_builtin(builtin),
                        parse_modules_softdep(softdep))
 
+
 if TYPE_CHECKING:
     from typing import Protocol
 

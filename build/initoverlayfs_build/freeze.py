@@ -75,8 +75,9 @@ NOT_NEEDED = (
 # checks a boot's imports against this list). Nuitka counts every `encodings` submodule as
 # needed at startup and ships the CJK codecs' modules; they load only to encode or decode CJK
 # text (1.2 MB). The others belong to stdlib modules the freeze leaves out (NOT_NEEDED) or
-# that only other programs' paths import: random, typing, dis, base64, shutil, zipimport,
-# datetime.
+# that only other programs' paths import: random, typing, base64, shutil, zipimport,
+# datetime; and _opcode, which opcode (imported at start with Nuitka's inspect, above) only
+# tries for stack_effect, which nothing here calls.
 UNUSED_EXTENSIONS = ("_codecs_cn.so", "_codecs_hk.so", "_codecs_iso2022.so", "_codecs_jp.so",
                      "_codecs_kr.so", "_codecs_tw.so", "_multibytecodec.so",
                      "_random.so", "_sha512.so", "_typing.so", "_opcode.so", "binascii.so",
