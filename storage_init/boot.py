@@ -50,7 +50,11 @@ class Boot:
     argv: Sequence[str]
     env: Mapping[str, str]
     paths: Paths = field(default_factory=Paths)
-    started: float = 0.0  # CLOCK_BOOTTIME when storage-init started
+    started: float = 0.0  # CLOCK_BOOTTIME when storage-init started (its imports done)
+    entered: float | None = None  # CLOCK_BOOTTIME at its first line, before its imports
+    # sys.modules when the first step starts: the imports every boot pays before doing
+    # anything, in the timings file so that a test can pin them (tests/unit/test_start_cost.py)
+    modules_at_start: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
     settings: Settings | None = None
     loader: Loader | None = None
@@ -117,6 +121,7 @@ class Boot:
         report = {
             "version": 1,
             "mode": self.mode,
+            "entered_boottime_s": None if self.entered is None else round(self.entered, 6),
             "started_boottime_s": round(self.started, 6),
             "finished_boottime_s": round(self.kernel.boottime(), 6),
             "steps": [{"name": n, "ms": round(ms, 3)} for n, ms in self.timings],
@@ -125,6 +130,7 @@ class Boot:
             "loop_device": self.loop_device,
             "image": self.settings.image if self.settings else None,
             "modules_loaded": list(self.loader.loaded) if self.loader else [],
+            "python_modules_at_start": sorted(self.modules_at_start),
         }
         return (json.dumps(report, indent=1) + "\n").encode()
 

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
 
 
 def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
-              paths: Paths | None = None) -> NoReturn:
+              paths: Paths | None = None, entered: float | None = None) -> NoReturn:
     log = Log(kernel)
-    boot = Boot(kernel, log, RDINIT, argv, env, paths or Paths(), started=kernel.boottime())
+    boot = Boot(kernel, log, RDINIT, argv, env, paths or Paths(), started=kernel.boottime(),
+                entered=entered, modules_at_start=tuple(sys.modules))
     try:
         boot.run(steps_for(RDINIT))
         boot.fail("exec-init", "init returned without an error")
@@ -42,9 +43,10 @@ def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
         kernel.pause()
 
 
-def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths) -> int:
+def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths,
+                entered: float | None = None) -> int:
     boot = Boot(kernel, Log(kernel), SYSTEMD, argv, os.environ, paths,
-                started=kernel.boottime())
+                started=kernel.boottime(), entered=entered, modules_at_start=tuple(sys.modules))
     boot.run(steps_for(SYSTEMD), after=boot.finish)
     return 0
 
@@ -114,18 +116,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, entered: float | None = None) -> int:
+    """`entered`: CLOCK_BOOTTIME when the program's first line ran (__main__.py)."""
     argv = list(sys.argv if argv is None else argv)
     kernel = Kernel()
     if kernel.getpid() == 1:
-        boot_pid1(kernel, argv, os.environ)
+        boot_pid1(kernel, argv, os.environ, entered=entered)
     args = parser().parse_args(argv[1:])
     paths = Paths(config=args.config)
     mode = SYSTEMD if args.systemd else RDINIT
     if args.dry_run:
         return dry_run(kernel, mode, paths, args.cmdline)
     if args.systemd:
-        return run_service(kernel, argv, paths)
+        return run_service(kernel, argv, paths, entered)
     print("storage-init: not PID 1. It runs from the initramfs as rdinit=/init, or as a "
           "service with --systemd; --dry-run shows what it would do.", file=sys.stderr)
     return 2

@@ -153,8 +153,15 @@ def breakdown(samples: list[Sample]) -> dict[str, float]:
             (s.dmesg["unpack_end"] - s.dmesg["unpack_start"]) * 1000)
         add("kernel start to /init (unpack excluded)",
             (s.dmesg["run_init"] - (s.dmesg["unpack_end"] - s.dmesg["unpack_start"])) * 1000)
+        started = float(s.timings["started_boottime_s"])  # type: ignore[arg-type]
         add("exec of /init to storage-init's first step (loading, imports)",
-            (float(s.timings["started_boottime_s"]) - s.dmesg["run_init"]) * 1000)  # type: ignore[arg-type]
+            (started - s.dmesg["run_init"]) * 1000)
+        entered = s.timings.get("entered_boottime_s")
+        if isinstance(entered, float):
+            add("  of which: exec to the program's first line (loader, Python, Nuitka)",
+                (entered - s.dmesg["run_init"]) * 1000)
+            add("  of which: first line to first step (storage-init's imports)",
+                (started - entered) * 1000)
         for name, members in groups.items():
             add(name, sum(float(steps.get(m, 0.0)) for m in members))
         add("exec of init (from storage-init's last step to init running)",

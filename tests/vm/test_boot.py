@@ -63,6 +63,20 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
 
 
+def test_frozen_start_imports_only_what_the_boot_needs(boots: dict[str, BootResult]) -> None:
+    # The frozen binary's sys.modules at its first step: the Nuitka runtime imports inspect
+    # at every start, and only the freeze's frozen_inspect.py keeps ast, dis and tokenize
+    # (the real inspect's imports) out; the rest were taken out of storage-init's imports.
+    timings = timings_of(booted(boots, "default"))
+    loaded = set(timings["python_modules_at_start"])  # type: ignore[call-overload]
+    assert {"inspect", "storage_init.boot", "storage_init.kernel"} <= loaded, sorted(loaded)
+    removed = {"ast", "dis", "tokenize", "typing", "dataclasses", "socket", "argparse",
+               "subprocess", "threading", "datetime", "pyudev"}
+    assert sorted(loaded & removed) == []
+    entered, started = timings["entered_boottime_s"], timings["started_boottime_s"]
+    assert isinstance(entered, float) and isinstance(started, float) and entered < started
+
+
 def test_generic_kernel_loads_ext4_and_its_softdep_from_the_mini_initramfs(
         boots: dict[str, BootResult]) -> None:
     for name in ("generic-virtio-blk", "generic-ahci", "generic-nvme", "generic-virtio-scsi"):
