@@ -11,11 +11,19 @@ Why these Nuitka options (measured on this project, see DESIGN.md):
   ready and /dev/urandom does not exist yet, and a real Debian kernel in QEMU stopped the
   binary with "Fatal Python error: _Py_HashRandomization_Init: failed to get random numbers";
 - no_docstrings: nothing reads them at run time; they are only bytes in the binary;
+- linked -no-pie (link_environment): no relocations for the loader to apply to the binary;
 - lto: 0.7 MB less binary for the kernel to unpack at every boot (11.8 MB without);
 - UTF-8 mode (Nuitka takes it from the compiling interpreter's -X utf8): paths and console
   text are UTF-8 whatever LANG= the kernel command line hands PID 1;
+- a package configuration (Nuitka's documented anti-bloat `module_code`) that replaces the
+  source of `inspect` with frozen_inspect.py: the runtime imports inspect at every start, and
+  the real one costs more than half of a frozen program's start (see that file);
+- a user plugin (nuitka_bytecode.py) that puts storage-init's modules and pyudev into the
+  binary as bytecode, not C: a faster start and a smaller binary (see that file);
 - nofollow for stdlib parts storage-init never imports at run time (hashing, decimal, pickle,
   codecs tables...): every module left out is start time and initramfs bytes saved.
+After Nuitka, the extension modules lose their debug info (Nuitka copies them from the
+interpreter as they are: 1.6 MB with it, 0.56 MB without), and the unused ones are deleted.
 pyudev is kept (the targeted trigger) and libudev.so.1, which it loads by soname at run time
 and no ELF header names, is copied into the folder, where the binary's $ORIGIN rpath finds it.
 """
@@ -43,6 +51,8 @@ from .run import need, run
 from .ui import Ui
 
 BINARY = "storage-init"
+INSPECT_SOURCE = Path(__file__).with_name("frozen_inspect.py")
+BYTECODE_PLUGIN = Path(__file__).with_name("nuitka_bytecode.py")
 STAMP = ".initoverlayfs-freeze"
 INSTALLED = Path("/usr/lib/initoverlayfs/storage-init")
 RUNTIME_LIBRARIES = ("libudev.so.1",)  # dlopen()ed by pyudev through ctypes
@@ -60,11 +70,23 @@ NOT_NEEDED = (
     "tkinter", "curses", "distutils", "setuptools", "pip", "lib2to3", "venv", "idlelib",
     "platform",
     # what storage_init.record and TYPE_CHECKING replace (typing: only mypy reads it). Not
-    # inspect and what it imports (ast, dis, tokenize): the Nuitka runtime imports inspect
-    # itself at every start, to patch it for compiled functions.
+    # inspect: the Nuitka runtime imports it at every start, and package_configuration()
+    # makes it frozen_inspect.py, which imports nothing. (Nuitka still ships ast, dis and
+    # tokenize, as bytecode never loaded: it decides what the start needs with the real inspect.)
     "dataclasses", "typing",
+    # the rest of the stdlib that Nuitka's standalone mode ships as bytecode because a
+    # program could import it; nothing on storage-init's paths does (test_start_cost.py)
+    "_pyio", "pickletools", "ipaddress", "configparser", "imaplib", "pathlib", "calendar",
+    "pstats", "ftplib", "cgi", "cgitb", "trace", "webbrowser", "modulefinder", "tomllib",
+    "sysconfig", "tracemalloc", "socketserver", "stringprep", "pkgutil", "_strptime",
+    "importlib.metadata", "importlib.resources", "mimetypes", "netrc", "poplib", "mailcap",
+    "pyclbr", "symtable", "timeit", "rlcompleter", "code", "codeop", "cmd", "sched", "shlex",
+    "glob", "filecmp", "fileinput", "getopt", "graphlib", "imghdr", "sndhdr", "imp", "chunk",
+    "colorsys", "crypt", "uu", "xdrlib", "quopri", "pipes", "nturl2path", "_aix_support",
+    "_osx_support", "_bootsubprocess", "_compat_pickle", "_markupbase", "_py_abc",
+    "_threading_local", "__hello__", "__phello__", "base64", "numbers",
     # pyudev imports these for functions storage-init never calls (Kernel.import_pyudev)
-    "subprocess", "datetime",
+    "subprocess", "datetime", "threading",
     # pyudev's GUI-toolkit bindings
     "pyudev.glib", "pyudev.wx", "pyudev.pyqt4", "pyudev.pyqt5", "pyudev.pyside",
     "pyudev.pyside2", "pyudev.pyside6", "pyudev._qt_base",
@@ -76,8 +98,7 @@ NOT_NEEDED = (
 # needed at startup and ships the CJK codecs' modules; they load only to encode or decode CJK
 # text (1.2 MB). The others belong to stdlib modules the freeze leaves out (NOT_NEEDED) or
 # that only other programs' paths import: random, typing, base64, shutil, zipimport,
-# datetime; and _opcode, which opcode (imported at start with Nuitka's inspect, above) only
-# tries for stack_effect, which nothing here calls.
+# datetime; and _opcode, for opcode, which only the real inspect's imports (dis) load.
 UNUSED_EXTENSIONS = ("_codecs_cn.so", "_codecs_hk.so", "_codecs_iso2022.so", "_codecs_jp.so",
                      "_codecs_kr.so", "_codecs_tw.so", "_multibytecodec.so",
                      "_random.so", "_sha512.so", "_typing.so", "_opcode.so", "binascii.so",
@@ -99,13 +120,35 @@ def source_key(python: str = sys.executable) -> str:
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     digest.update(Path(__file__).read_bytes())
+    digest.update(INSPECT_SOURCE.read_bytes())
+    digest.update(BYTECODE_PLUGIN.read_bytes())
     digest.update(sys.version.encode() + python.encode())
     with contextlib.suppress(metadata.PackageNotFoundError):  # reported when Nuitka runs
         digest.update(metadata.version("nuitka").encode())
     return digest.hexdigest()[:16]
 
 
-def nuitka_command(python: str, script: Path, outdir: Path, jobs: int) -> list[str]:
+def package_configuration() -> str:
+    """Nuitka's package configuration (YAML) that makes `inspect` frozen_inspect.py."""
+    code = "".join(f"        {line}\n" if line.strip() else "\n"
+                   for line in INSPECT_SOURCE.read_text().splitlines())
+    return ("---\n"
+            "- module-name: 'inspect'\n"
+            "  anti-bloat:\n"
+            "    - description: 'storage-init: only what the Nuitka runtime patches at start'\n"
+            "      module_code: |\n" + code)
+
+
+def link_environment() -> dict[str, str]:
+    """-no-pie (Nuitka passes LDFLAGS to its link): a position-dependent binary has no
+    relative relocations for the dynamic loader to apply at each start (38,700 of them, 0.9 MB
+    of .rela.dyn, in the PIE one). PID 1 of an initramfs gains nothing from a randomized
+    base address: it execs the real init within a second."""
+    return {"LDFLAGS": " ".join(filter(None, (os.environ.get("LDFLAGS"), "-no-pie")))}
+
+
+def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
+                   config: Path) -> list[str]:
     static = "yes" if _has_static_libpython() else "no"
     return [
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
@@ -113,6 +156,7 @@ def nuitka_command(python: str, script: Path, outdir: Path, jobs: int) -> list[s
         "--experimental=force-unix-binary-name", "--python-flag=no_site",
         "--python-flag=static_hashes", "--python-flag=no_docstrings", "--lto=yes",
         "--include-package=pyudev", f"--nofollow-import-to={','.join(NOT_NEEDED)}",
+        f"--user-package-configuration-file={config}", f"--user-plugin={BYTECODE_PLUGIN}",
         f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
         "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),
     ]
@@ -122,6 +166,21 @@ def _has_static_libpython() -> bool:
     libdir = sysconfig.get_config_var("LIBPL") or ""
     name = sysconfig.get_config_var("LIBRARY") or ""
     return bool(libdir and name and Path(libdir, name).is_file())
+
+
+def strip_debug(ui: Ui, dist: Path) -> None:
+    """strip --strip-debug each extension module, keeping the result only where it is smaller
+    (strip can grow an already stripped library: it rewrites its section layout)."""
+    need("strip", "to strip debug info from the frozen folder")
+    for path in sorted(dist.glob("*.so*")):
+        if path.name in RUNTIME_LIBRARIES or path.is_symlink():
+            continue
+        stripped = path.with_name(path.name + ".stripped")
+        run(ui, ["strip", "--strip-debug", "-o", os.fspath(stripped), os.fspath(path)])
+        if stripped.stat().st_size < path.stat().st_size:
+            os.replace(stripped, path)
+        else:
+            stripped.unlink()
 
 
 def folder_size(folder: Path) -> int:
@@ -136,13 +195,18 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable) -> Frozen:
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".freeze-") as tmp:
+        config = Path(tmp) / "storage-init.nuitka-package.config.yml"
+        config.write_text(package_configuration())
         with ui.step("compiling storage-init with Nuitka (a few minutes)"):
-            run(ui, nuitka_command(python, script, Path(tmp), os.cpu_count() or 1))
+            run(ui, nuitka_command(python, script, Path(tmp), os.cpu_count() or 1, config),
+                env=link_environment())
         dist = Path(tmp) / "__main__.dist"
         if not (dist / BINARY).is_file():
             raise BuildError(f"Nuitka finished but made no {dist / BINARY}")
         for name in UNUSED_EXTENSIONS:
             (dist / name).unlink(missing_ok=True)
+        with ui.step("stripping debug info from the extension modules"):
+            strip_debug(ui, dist)
         dirs = elf.search_dirs()
         for soname in RUNTIME_LIBRARIES:
             found = next((Path(d) / soname for d in dirs if (Path(d) / soname).is_file()), None)

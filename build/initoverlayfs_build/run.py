@@ -23,6 +23,7 @@ PACKAGES = {
     "bzip2": "bzip2",
     "dracut": "dracut",
     "patchelf": "patchelf",
+    "strip": "binutils",
 }
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
 

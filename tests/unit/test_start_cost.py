@@ -4,9 +4,12 @@ leaves out is imported, and pyudev's stand-ins never outlive its import."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,9 +103,9 @@ def _probe(code: str) -> str:
 
 
 def test_storage_init_imports_none_of_the_costly_modules() -> None:
-    # What PID 1 imports is its start time; these were removed from it (see record.py).
-    # (inspect is not among them: the Nuitka runtime imports it at every start anyway.)
-    costly = ("typing", "dataclasses", "socket", "argparse")
+    # What PID 1 imports is its start time; these were removed from it (see record.py; the
+    # frozen binary's own inspect is frozen_inspect.py, which imports none of ast, dis, tokenize).
+    costly = ("typing", "dataclasses", "socket", "argparse", "inspect", "ast", "dis", "tokenize")
     loaded = _probe("import sys, storage_init.main; print(' '.join(sys.modules))").split()
     assert "storage_init.kernel" in loaded
     assert [m for m in costly if m in loaded] == []
@@ -111,15 +114,21 @@ def test_storage_init_imports_none_of_the_costly_modules() -> None:
 def test_nothing_the_freeze_leaves_out_is_imported_at_boot() -> None:
     # A module the freeze leaves out but something imports would stop the frozen binary at
     # boot; this runs the imports of a boot (pyudev included, through import_pyudev as a
-    # boot does) and of the command-line path.
+    # boot does, and its enumeration) and of the command-line path, --help included.
     from initoverlayfs_build.freeze import NOT_NEEDED, UNUSED_EXTENSIONS
-    loaded = set(_probe("import sys, storage_init.main, storage_init.kernel as k; "
-                        "k.import_pyudev().Context(); import argparse; "
-                        "print(' '.join(sys.modules))").split())
-    assert {"pyudev", "argparse"} <= loaded
-    assert sorted(m for m in NOT_NEEDED if m in loaded) == []
+    loaded = set(_probe(
+        "import sys, io, contextlib, storage_init.main as m, storage_init.kernel as k\n"
+        "c = k.import_pyudev().Context()\n"
+        "[d.properties.get('DEVNAME') for d in c.list_devices(subsystem='block')]\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    m.parser().parse_args(['--help'])\n"
+        "print(' '.join(sys.modules))").split())
+    assert {"pyudev", "argparse", "shutil"} <= loaded
+    # shutil (for argparse's help width) tries these and does without them when missing
+    optional = {"zlib", "bz2", "_bz2", "lzma", "_lzma"}
+    assert sorted(m for m in NOT_NEEDED if m in loaded - optional) == []
     assert sorted(m for m in (e.removesuffix(".so") for e in UNUSED_EXTENSIONS)
-                  if m in loaded) == []
+                  if m in loaded - optional) == []
 
 
 def test_pyudev_stand_ins_exist_only_during_its_import() -> None:
@@ -131,3 +140,56 @@ def test_pyudev_stand_ins_exist_only_during_its_import() -> None:
                  "except OSError as e: print(errno.errorcode[e.errno])\n"
                  "import subprocess; print(hasattr(subprocess, 'Popen'))")
     assert out.splitlines() == ["", "ENOSYS", "True"]
+
+
+def test_frozen_inspect_has_everything_the_nuitka_runtime_uses() -> None:
+    # The installed Nuitka's runtime source is the reference: when a Nuitka update patches or
+    # reads another name of inspect, this fails instead of the frozen binary at boot.
+    import nuitka
+    from initoverlayfs_build import frozen_inspect
+    patcher = (Path(nuitka.__file__).parent / "build" / "static_src" / "InspectPatcher.c")
+    source = patcher.read_text()
+    used = set(re.findall(r'AttrString\(module_inspect, "(\w+)"', source))
+    used |= set(re.findall(r"\binspect\.(\w+)", source))
+    assert {"getgeneratorstate", "GEN_CLOSED", "_get_code_position"} <= used  # the parse works
+    assert sorted(n for n in used if n not in vars(frozen_inspect)) == []
+    with pytest.raises(AttributeError, match="minimal inspect module"):
+        frozen_inspect.signature  # noqa: B018  (anything else fails loudly)
+
+
+def test_frozen_inspect_imports_nothing_and_is_what_the_freeze_embeds() -> None:
+    from initoverlayfs_build import freeze
+    source = freeze.INSPECT_SOURCE.read_text()
+    tree = ast.parse(source)
+    assert [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)] == []
+    config = freeze.package_configuration()
+    assert "- module-name: 'inspect'" in config
+    embedded = config.split("module_code: |\n", 1)[1]
+    assert [line.removeprefix(" " * 8) for line in embedded.splitlines()] == source.splitlines()
+
+
+def test_the_freeze_applies_its_start_cost_choices(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from initoverlayfs_build import freeze
+    config = tmp_path / "c.yml"
+    command = freeze.nuitka_command("python3", tmp_path / "m.py", tmp_path, 2, config)
+    assert f"--user-package-configuration-file={config}" in command
+    assert f"--user-plugin={freeze.BYTECODE_PLUGIN}" in command
+    assert freeze.BYTECODE_PLUGIN.is_file()
+    monkeypatch.setenv("LDFLAGS", "-Wl,-O1")
+    assert freeze.link_environment() == {"LDFLAGS": "-Wl,-O1 -no-pie"}  # added, not replaced
+
+
+@pytest.mark.filterwarnings("ignore:the imp module is deprecated:DeprecationWarning")
+def test_bytecode_plugin_decides_for_our_packages_only() -> None:
+    import importlib.util
+
+    from initoverlayfs_build import freeze
+    spec = importlib.util.spec_from_file_location("nuitka_bytecode", freeze.BYTECODE_PLUGIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    decide = module.StorageInitBytecode.decideCompilation
+    assert [decide(None, n) for n in ("storage_init", "storage_init.kernel", "pyudev.device",
+                                      "pyudevx", "storage_initx", "json", "__main__")] == [
+        "bytecode", "bytecode", "bytecode", None, None, None, None]
