@@ -8,7 +8,13 @@ import time
 # to the first step). time is built into the interpreter: reading it costs no import.
 ENTERED = time.clock_gettime(time.CLOCK_BOOTTIME)
 
+import gc  # noqa: E402
 import sys  # noqa: E402
+
+# No cyclic garbage collection: storage-init runs for well under a second, creates few
+# cycles, and the collector's passes over every allocation during the imports were about 4%
+# of their instructions (callgrind, natively). Memory freed by reference counting is unchanged.
+gc.disable()
 
 from storage_init.main import main  # noqa: E402
 

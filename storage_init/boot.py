@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 
-from . import TYPE_CHECKING
+from . import TYPE_CHECKING, jsonout
 from .cmdline import DEBUG, Param, flag
 from .emergency import Policy, emergency
 from .errors import BootError
@@ -80,9 +78,12 @@ class Boot:
             log.console_loglevel = int(printk[0])
         except (OSError, ValueError, IndexError):
             pass
-        # Like systemd: our lines must not be eaten by the kmsg rate limit.
-        with contextlib.suppress(OSError):
+        # Like systemd: our lines must not be eaten by the kmsg rate limit. (try, not
+        # contextlib.suppress: storage-init does not import contextlib, see steps.failing)
+        try:  # noqa: SIM105
             kernel.write_file("/proc/sys/kernel/printk_devkmsg", b"on\n")
+        except OSError:
+            pass
 
     def set_params(self, params: tuple[Param, ...]) -> None:
         self.params = params
@@ -116,8 +117,6 @@ class Boot:
                 f"after kernel start: {steps} (ms)")
 
     def timings_json(self) -> bytes:
-        # json is imported with the module, not here: this runs after the switch root, where
-        # nothing more can be loaded from the old initramfs
         report = {
             "version": 1,
             "mode": self.mode,
@@ -132,7 +131,7 @@ class Boot:
             "modules_loaded": list(self.loader.loaded) if self.loader else [],
             "python_modules_at_start": sorted(self.modules_at_start),
         }
-        return (json.dumps(report, indent=1) + "\n").encode()
+        return (jsonout.dumps(report) + "\n").encode()
 
     def finish(self) -> None:
         """The summary line and the timings file, written just before init takes over."""

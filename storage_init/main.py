@@ -7,7 +7,6 @@ storage-init does (the C original flipped into systemd mode on any argument).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,8 +36,10 @@ def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
         boot.fail("exec-init", "init returned without an error")
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         log.error(f"storage-init crashed: {type(exc).__name__}: {exc}")
-        with contextlib.suppress(Exception, SystemExit, KeyboardInterrupt):
+        try:  # noqa: SIM105  (no contextlib at boot: see steps.failing)
             emergency(kernel, log, Policy.from_params(boot.params), env)
+        except (Exception, SystemExit, KeyboardInterrupt):
+            pass  # the loop below still keeps PID 1 from returning
     while True:  # even a broken emergency path must not let PID 1 return
         kernel.pause()
 
