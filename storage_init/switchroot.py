@@ -3,8 +3,12 @@
 `/` is made MS_REC|MS_PRIVATE first because MS_MOVE fails under shared propagation. Mounts
 are moved from a table; a source that is not a mount point, or a target that already is one,
 is skipped with a log line. The old initramfs is emptied only when it really is the initramfs
-(ramfs or tmpfs, and another device than the new root), without crossing mount points, and in
-a child process so that init does not wait for it.
+(ramfs or tmpfs, and another device than the new root), without crossing mount points, by
+PID 1 itself before the exec, as busybox's switch_root does: the mini-initramfs is a few dozen
+files, and a forked child (util-linux's way, for initramfs images with thousands) cost more
+than the deletion: the fork, copy-on-write faults in both processes, and a second process
+competing with init for the CPU. Under QEMU TCG (median of 5 interleaved boots) storage-init's
+last step to init running went 226 -> 176 ms, for 5 ms more in the switch-root step.
 """
 
 from __future__ import annotations
@@ -34,8 +38,6 @@ if TYPE_CHECKING:
         def device_of(self, path: str) -> int: ...
         def open(self, path: str, flags: int) -> int: ...
         def close(self, fd: int) -> None: ...
-        def fork(self) -> int: ...
-        def exit_child(self, code: int) -> None: ...
         def remove_tree_contents(self, dir_fd: int, device: int) -> int: ...
 
     class _Log(Protocol):
@@ -61,7 +63,8 @@ def move_mounts(kernel: _Kernel, log: _Log, new_root: str, moves: tuple[str, ...
 
 
 def switch_root(kernel: _Kernel, log: _Log, new_root: str) -> None:
-    """Make new_root `/`; the old root's contents are freed by a child process."""
+    """Make new_root `/`, then free the old root's contents (files still open or mapped, such
+    as storage-init's own binary, are freed by the kernel when the exec lets go of them)."""
     kernel.chdir(new_root)
     old_dev = kernel.device_of("/")
     magic = kernel.statfs_type("/")
@@ -77,8 +80,8 @@ def switch_root(kernel: _Kernel, log: _Log, new_root: str) -> None:
     kernel.chdir("/")
     if old_fd is None:
         return
-    if kernel.fork() == 0:
+    try:
         removed = kernel.remove_tree_contents(old_fd, old_dev)
-        log.info(f"freed the old initramfs ({removed} entries)")
-        kernel.exit_child(0)
-    kernel.close(old_fd)
+    finally:
+        kernel.close(old_fd)
+    log.info(f"freed the old initramfs ({removed} entries)")

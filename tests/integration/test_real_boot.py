@@ -32,12 +32,7 @@ echo "ARGS=$*"
 echo "MARKER=$(cat /etc/marker)"
 echo written-after-boot > /written && echo "READBACK=$(cat /written)"
 [ -s /run/initoverlayfs/timings.json ] && echo "TIMINGS=yes"
-# The old initramfs is freed by a child of storage-init (the harness, or the frozen /init);
-# wait (bounded) until it is gone.
-i=0
-while grep -qs -e 'pid1_harnes[s]' -e '^/ini[t]' /proc/[0-9]*/cmdline && [ $i -lt 100 ]; do
-    sleep 0.1; i=$((i+1))
-done
+# (storage-init freed the old root itself before this exec: no process of it is left)
 echo "MOUNTINFO-BEGIN"
 cat /proc/self/mountinfo
 echo "MOUNTINFO-END"

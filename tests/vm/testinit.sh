@@ -12,7 +12,7 @@ mount_of() {
         /proc/self/mountinfo
 }
 
-# storage-init frees the old initramfs in a child after exec; wait (bounded) for its log line
+# storage-init frees the old initramfs before the exec; its log line is in dmesg (bounded wait)
 freed=false
 i=0
 while [ $i -lt 100 ]; do
