@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from . import TYPE_CHECKING, jsonout
@@ -130,6 +131,8 @@ class Boot:
             "image": self.settings.image if self.settings else None,
             "modules_loaded": list(self.loader.loaded) if self.loader else [],
             "python_modules_at_start": sorted(self.modules_at_start),
+            # and what the steps imported after it (pyudev, in the trigger step)
+            "python_modules_later": sorted(set(sys.modules) - set(self.modules_at_start)),
         }
         return (jsonout.dumps(report) + "\n").encode()
 

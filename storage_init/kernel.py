@@ -100,9 +100,25 @@ class _NoThread:
         raise OSError(errno.ENOSYS, "storage-init starts no threads through pyudev")
 
 
+def _lazy_re() -> types.ModuleType:
+    """A stand-in for re that imports the real one on first use."""
+    stand_in = types.ModuleType("re")
+
+    def real(name: str) -> object:
+        if name.startswith("__"):  # introspection (repr, importlib) does not need the real re
+            raise AttributeError(name)
+        if sys.modules.get("re") is stand_in:  # still inside pyudev's import
+            raise ImportError(f"re.{name} used while pyudev is imported (storage-init's lazy re)")
+        import re
+        return getattr(re, name)
+
+    stand_in.__getattr__ = real  # type: ignore[method-assign]
+    return stand_in
+
+
 def import_pyudev() -> types.ModuleType:
-    """pyudev, imported with stand-ins for four stdlib modules it imports but storage-init
-    never uses through it.
+    """pyudev, imported with stand-ins for five stdlib modules it imports but storage-init
+    never uses through it (or, for re, uses later if ever).
 
     - ctypes.util: pyudev finds libudev with its find_library, which needs ldconfig or a
       compiler (an initramfs has neither), and importing it imports tempfile, shutil and
@@ -111,7 +127,10 @@ def import_pyudev() -> types.ModuleType:
     - subprocess and datetime: they were 135 of the 366 ms that pyudev cost a boot under QEMU
       TCG, for `udevadm --version` (monitor features) and device ages;
     - threading: for MonitorObserver, a background thread; over a third of what is left of
-      pyudev's import (natively, -X importtime).
+      pyudev's import (natively, -X importtime);
+    - re, lazily: pyudev compiles regexes only inside functions storage-init does not call
+      (device numbers from strings), and importing re with enum was 15 million instructions
+      (callgrind, natively); the stand-in imports the real re if one of them ever runs.
 
     A stand-in is used only where the real module is not loaded yet (in a host process it
     usually is, and then pyudev gets the real one), and is taken out of sys.modules again
@@ -124,6 +143,7 @@ def import_pyudev() -> types.ModuleType:
         "subprocess": _stand_in("subprocess", check_output=_no_subprocess),
         "datetime": _stand_in("datetime", timedelta=_no_timedelta),
         "threading": _stand_in("threading", Thread=_NoThread),
+        "re": _lazy_re(),
     }
     added = [name for name, module in stand_ins.items()
              if sys.modules.setdefault(name, module) is module]

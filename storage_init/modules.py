@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
 
 from . import TYPE_CHECKING
+from .globs import fnmatchcase
 from .kernel import MODULE_INIT_COMPRESSED_FILE
 from .record import field, record
 
@@ -44,9 +44,10 @@ class ModuleIndex:
         name = module_name(wanted)
         if name in self.paths or name in self.builtin:
             return [name]
-        # Compare the literal head of each pattern first: fnmatch compiles every pattern it
-        # sees into a regex, and for a generic kernel's ~1000 storage aliases that first
-        # lookup cost 3.4 s of a real boot under QEMU (TCG).
+        # Compare the literal head of each pattern first: matching parses each pattern it
+        # sees (fnmatch, used before storage_init.globs, compiled each into a regex, and for
+        # a generic kernel's ~1000 storage aliases that first lookup cost 3.4 s of a real
+        # boot under QEMU TCG).
         return list(dict.fromkeys(
             m for pattern, m in self.aliases
             if wanted.startswith(_literal_head(pattern)) and fnmatchcase(wanted, pattern)))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from .record import record
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
+_OCTAL_DIGITS = frozenset("01234567")
 
 
 @record(frozen=True)
@@ -23,8 +21,20 @@ class MountEntry:
 
 
 def unescape(field: str) -> str:
-    """\\040 and the other octal escapes of mountinfo and fstab fields."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+    """\\040 and the other octal escapes of mountinfo and fstab fields (by hand: storage-init
+    does not import re)."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        digits = field[i + 1:i + 4]
+        if field[i] == "\\" and len(digits) == 3 and set(digits) <= _OCTAL_DIGITS:
+            out.append(chr(int(digits, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
 
 
 def parse_mountinfo(text: str) -> list[MountEntry]:

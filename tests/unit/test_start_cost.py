@@ -104,10 +104,10 @@ def _probe(code: str) -> str:
 
 def test_storage_init_imports_none_of_the_costly_modules() -> None:
     # What PID 1 imports is its start time; these were removed from it (see record.py,
-    # jsonout.py, steps.failing; the frozen binary's own inspect is frozen_inspect.py, which
-    # imports none of ast, dis, tokenize).
+    # jsonout.py, steps.failing, globs.py; the frozen binary's own inspect is frozen_inspect.py,
+    # which imports none of ast, dis, tokenize).
     costly = ("typing", "dataclasses", "socket", "argparse", "inspect", "ast", "dis", "tokenize",
-              "json", "contextlib")
+              "json", "contextlib", "re", "enum", "fnmatch")
     loaded = _probe("import sys, storage_init.main; print(' '.join(sys.modules))").split()
     assert "storage_init.kernel" in loaded
     assert [m for m in costly if m in loaded] == []
@@ -131,6 +131,17 @@ def test_nothing_the_freeze_leaves_out_is_imported_at_boot() -> None:
     assert sorted(m for m in NOT_NEEDED if m in loaded - optional) == []
     assert sorted(m for m in (e.removesuffix(".so") for e in UNUSED_EXTENSIONS)
                   if m in loaded - optional) == []
+
+
+def test_a_boot_with_pyudev_imports_no_re() -> None:
+    # pyudev gets a lazy re: its regexes are in functions a boot does not call
+    out = _probe("import sys, storage_init.main, storage_init.kernel as k\n"
+                 "c = k.import_pyudev().Context()\n"
+                 "[d.properties.get('DEVNAME') for d in c.list_devices(subsystem='block')]\n"
+                 "print('re' in sys.modules, 'enum' in sys.modules)\n"
+                 "import pyudev.discover as d\n"
+                 "print(d.re.compile(r'\\d+').fullmatch('42') is not None, 're' in sys.modules)")
+    assert out.splitlines() == ["False False", "True True"]  # and it works when used
 
 
 def test_pyudev_stand_ins_exist_only_during_its_import() -> None:
