@@ -257,7 +257,7 @@ STEPS = (
          "CONFIG_OVERLAY_FS"),
     Step("move-mounts", move_mounts, "move {moves} into {new_root}", "the image's directories"),
     Step("switch-root", switch_root,
-         "make {new_root} the root; free the old initramfs in the background", "kernel log",
+         "make {new_root} the root; free the old initramfs", "kernel log",
          frozenset({RDINIT})),
     Step("exec-init", exec_init, "exec {init} with the original arguments",
          "rd.initoverlayfs.init= or init=", frozenset({RDINIT})),
