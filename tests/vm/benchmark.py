@@ -1,8 +1,10 @@
-"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted two
-ways under QEMU, interleaved, so that drift hits both paths alike.
+"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted three
+ways under QEMU, interleaved, so that drift hits every path alike.
 
-- classic: one initramfs (zstd -15 as dracut makes it, and gzip -9) holding the payload and
-  the final init;
+- classic-zstd: one initramfs (zstd -15 as dracut makes it) holding the payload and the final
+  init;
+- c-original: the C original's storage-init, built from its source (c_original.py), in its own
+  mini-initramfs, booting the same EROFS image from the same disk;
 - ours: the mini-initramfs of initoverlayfs-install, with the payload in the EROFS image on a
   virtio disk.
 
@@ -31,16 +33,15 @@ from initoverlayfs_build.ui import Ui
 
 from tests.support.debian_kernel import DebianKernel, fetch
 
-from . import images
+from . import c_original, images
 from .qemu import VmSpec, boot, kvm_works
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-PATHS = ("classic-zstd", "classic-gzip", "ours")
+PATHS = ("classic-zstd", "c-original", "ours")
 MEMORY_MB = 2048
 APPEND = "quiet rdinit=/init rd.emergency=poweroff"
-COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"],
-            "classic-gzip": ["gzip", "-9", "-n", "-c"]}
+COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"]}
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def payload_files(generic: DebianKernel, limit: int) -> list[tuple[Path, str]]:
 
 def make_tree(root: Path, files: list[tuple[Path, str]], limit: int) -> int:
     (root / "bin").mkdir(parents=True)
-    for d in ("sbin", "proc", "sys", "dev", "run", "etc"):
+    for d in ("sbin", "proc", "sys", "dev", "run", "etc", "boot"):
         (root / d).mkdir()
     shutil.copy(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
     for applet in ("sh", "mount", "dmesg", "grep", "sed", "tr", "poweroff"):
@@ -175,6 +176,9 @@ def main() -> int:
                         help="payload sizes in MB (default: 0,25,50,100,200)")
     parser.add_argument("--boots", type=int, default=5, help="boots per size and path")
     parser.add_argument("--out", type=Path, default=REPO / ".cache" / "benchmark")
+    parser.add_argument("--c-original", type=Path, default=c_original.DEFAULT_SOURCE,
+                        help="the C original's source: a checkout or a git directory "
+                             f"(default: {c_original.DEFAULT_SOURCE.relative_to(REPO)})")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     out: Path = args.out
@@ -188,6 +192,8 @@ def main() -> int:
     built: dict[int, dict[str, Path]] = {}
     image_bytes: dict[int, dict[str, int]] = {}
     payload_bytes: dict[int, int] = {}
+    unpacked: dict[str, int] = {}
+    original: c_original.Built | None = None
     for size in sizes:
         print(f"building the {size} MB payload images ...", flush=True)
         tree = work / f"tree-{size}"
@@ -200,11 +206,20 @@ def main() -> int:
         disk_dir = work / f"disk-{size}"
         disk_dir.mkdir()
         disk = images.make_disk(disk_dir, {images_built.image.name: images_built.image})
+        if original is None:  # one for every size, as our mini-initramfs, with our config
+            config = work / f"ours-{size}" / f"sysroot-{kernel.kver}" / "etc/initoverlayfs.conf"
+            try:
+                original = c_original.build(args.c_original, work, kernel, config)
+            except c_original.SourceMissing as exc:
+                print(f"benchmark: error: {exc}", file=sys.stderr)
+                return 2
+        paths["c-original"] = original.initramfs
         paths["ours"] = images_built.initramfs
         paths["disk"] = disk.path
         built[size] = paths
+        unpacked = {"ours": images_built.unpacked_bytes, "c-original": original.unpacked_bytes}
         image_bytes[size] = {"classic-zstd": paths["classic-zstd"].stat().st_size,
-                             "classic-gzip": paths["classic-gzip"].stat().st_size,
+                             "c-original-initramfs": original.initramfs.stat().st_size,
                              "mini-initramfs": images_built.initramfs.stat().st_size,
                              "erofs-image": images_built.image.stat().st_size}
     samples: list[Sample] = []
@@ -227,13 +242,22 @@ def main() -> int:
                                       time.monotonic() - started))
                 print(f"  round {round_ + 1}/{args.boots} {size:>4} MB {path:<13} "
                       f"init at {init_s if init_s is not None else 'FAILED'} s", flush=True)
-    report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver)
+    assert original is not None
+    report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver, unpacked, original)
     return 0 if all(s.init_s is not None for s in samples) else 1
+
+
+def exec_to_init(samples: list[Sample], path: str) -> float | None:
+    """Median ms from the kernel's exec of /init to the final init running: all of a path's
+    own work (the C original's includes its wrapper loading the modules)."""
+    values = [(s.init_s - s.dmesg["run_init"]) * 1000 for s in samples
+              if s.path == path and s.init_s is not None and "run_init" in s.dmesg]
+    return statistics.median(values) if values else None
 
 
 def report(out: Path, sizes: list[int], samples: list[Sample],
            image_bytes: dict[int, dict[str, int]], payload_bytes: dict[int, int],
-           kver: str) -> None:
+           kver: str, unpacked: dict[str, int], original: c_original.Built) -> None:
     summary: dict[str, dict[int, dict[str, float]]] = {}
     for path in PATHS:
         for size in sizes:
@@ -248,12 +272,24 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     slopes = {path: fits[path][0] * 100 for path in PATHS}  # ms per 100 MB
     (m_c, b_c), (m_o, b_o) = fits["classic-zstd"], fits["ours"]
     crossover = (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
-    ratios = {size: summary["ours"][size]["median_ms"] / summary["classic-zstd"][size]["median_ms"]
-              for size in sizes if size in summary.get("ours", {})
-              and size in summary.get("classic-zstd", {})}
+    def ratio_to(other: str) -> dict[int, float]:
+        return {size: summary["ours"][size]["median_ms"] / summary[other][size]["median_ms"]
+                for size in sizes if size in summary.get("ours", {})
+                and size in summary.get(other, {})}
+
+    ratios, to_original = ratio_to("classic-zstd"), ratio_to("c-original")
     ours = [s for s in samples if s.path == "ours"]
     steps = breakdown(ours)
+    own_steps = statistics.median(float(s.timings["total_ms"])  # type: ignore[arg-type]
+                                  for s in ours if s.timings is not None) if ours else None
+    first_step = steps.get("exec of /init to storage-init's first step (loading, imports)")
+    unpack = steps.get("kernel unpacks the mini-initramfs")
     mini = max(v["mini-initramfs"] for v in image_bytes.values())
+    exec_init = {path: exec_to_init(samples, path) for path in ("c-original", "ours")}
+
+    def shown_ms(value: float | None) -> str:
+        return f"{value:.0f} ms" if value is not None else "not measured"
+
     targets = [
         ("ours at 100 MB <= 0.70x classic zstd", ratios.get(100), 0.70,
          f"{ratios[100]:.2f}x" if 100 in ratios else "not measured"),
@@ -263,7 +299,14 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
          if slopes["classic-zstd"] else "n/a"),
         ("ours beats classic zstd from 15 MB", crossover, 15.0,
          f"crossover at {crossover:.1f} MB" if crossover is not None else "no crossover"),
+        ("ours at 100 MB <= 0.90x the C original", to_original.get(100), 0.90,
+         f"{to_original[100]:.2f}x" if 100 in to_original else "not measured"),
         ("mini-initramfs <= 4 MB compressed", mini / 1e6, 4.0, f"{mini / 1e6:.2f} MB"),
+        ("mini-initramfs <= 8 MB unpacked", unpacked["ours"] / 1e6, 8.0,
+         f"{unpacked['ours'] / 1e6:.2f} MB"),
+        ("kernel unpack of the mini-initramfs <= 200 ms", unpack, 200.0, shown_ms(unpack)),
+        ("exec of /init to the first step <= 300 ms", first_step, 300.0, shown_ms(first_step)),
+        ("storage-init's own steps <= 500 ms", own_steps, 500.0, shown_ms(own_steps)),
     ]
     accelerator = "kvm" if kvm_works() else "tcg"
     result = {
@@ -271,7 +314,11 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
         "memory_mb": MEMORY_MB, "append": APPEND,
         "payload_bytes": payload_bytes, "image_bytes": image_bytes,
         "summary": summary, "slope_ms_per_100mb": slopes, "crossover_mb": crossover,
-        "ratio_ours_to_classic_zstd": ratios, "our_breakdown_ms": steps,
+        "ratio_ours_to_classic_zstd": ratios, "ratio_ours_to_c_original": to_original,
+        "our_breakdown_ms": steps, "exec_of_init_to_init_ms": exec_init,
+        "unpacked_bytes": unpacked,
+        "c_original": {"source": c_original.UPSTREAM, "commit": original.commit,
+                       "modules_loaded_by_wrapper": list(original.modules)},
         "targets": [{"target": t, "value": v, "limit": lim, "shown": shown,
                      "met": v is not None and v <= lim} for t, v, lim, shown in targets],
         "samples": [s.__dict__ for s in samples],
@@ -280,25 +327,31 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     lines = [f"Benchmark: Debian {kver}, QEMU {accelerator.upper()}, "
              f"{MEMORY_MB} MB, time to init in ms (median, min-max of "
              f"{max(int(v['boots']) for p in summary.values() for v in p.values())} boots)", "",
-             "| payload MB | " + " | ".join(PATHS) + " | ours/classic-zstd |",
-             "|---:|" + "---:|" * len(PATHS) + "---:|"]
+             "| payload MB | " + " | ".join(PATHS) + " | ours/classic-zstd | ours/c-original |",
+             "|---:|" + "---:|" * len(PATHS) + "---:|---:|"]
     for size in sizes:
         cells = []
         for path in PATHS:
             v = summary.get(path, {}).get(size)
             cells.append(f"{v['median_ms']:.0f} ({v['min_ms']:.0f}-{v['max_ms']:.0f})"
                          if v else "failed")
-        lines.append(f"| {size} | " + " | ".join(cells) +
-                     f" | {ratios[size]:.2f} |" if size in ratios else " | n/a |")
+        lines.append(f"| {size} | " + " | ".join(cells) + " | " + " | ".join(
+            f"{r[size]:.2f}" if size in r else "n/a" for r in (ratios, to_original)) + " |")
     lines += ["", "| slope, ms per 100 MB | " + " | ".join(f"{slopes[p]:.0f}" for p in PATHS)
               + " |", "", "crossover (ours = classic zstd): "
               + (f"{crossover:.1f} MB" if crossover is not None else "none"), "",
-              "| payload MB | classic zstd bytes | classic gzip bytes | mini-initramfs bytes "
-              "| EROFS image bytes |", "|---:|---:|---:|---:|---:|"]
+              "| payload MB | classic zstd bytes | C original's initramfs bytes "
+              "| our mini-initramfs bytes | EROFS image bytes |", "|---:|---:|---:|---:|---:|"]
     for size in sizes:
         b = image_bytes[size]
-        lines.append(f"| {size} | {b['classic-zstd']:,} | {b['classic-gzip']:,} | "
+        lines.append(f"| {size} | {b['classic-zstd']:,} | {b['c-original-initramfs']:,} | "
                      f"{b['mini-initramfs']:,} | {b['erofs-image']:,} |")
+    lines += ["", f"Unpacked: our mini-initramfs {unpacked['ours']:,} bytes, the C original's "
+              f"{unpacked['c-original']:,}. Exec of /init to the final init running (median, "
+              "all sizes): " + ", ".join(f"{p} {shown_ms(v)}" for p, v in exec_init.items())
+              + " (the C original's includes its wrapper loading "
+              + ", ".join(original.modules) + f"). C original: {c_original.UPSTREAM} at "
+              + original.commit[:12] + "."]
     lines += ["", "Our path, step by step (median ms over our boots):", "",
               "| part | ms |", "|---|---:|"]
     lines += [f"| {name} | {ms:.0f} |" for name, ms in steps.items()]
