@@ -76,9 +76,10 @@ if TYPE_CHECKING:
 
 class Finder:
     def __init__(self, kernel: _Kernel, log: _Log, loader: Loader, spec: DeviceSpec,
-                 sysfs: str = "/sys", dev: str = "/dev") -> None:
+                 sysfs: str = "/sys", dev: str = "/dev", load_drivers: bool = True) -> None:
         self.kernel, self.log, self.loader, self.spec = kernel, log, loader, spec
         self.sysfs, self.dev = sysfs, dev
+        self.load_drivers = load_drivers  # for each add uevent's MODALIAS (not with udevd)
         self.seen: dict[str, BlockDevice] = {}
         self._tables: dict[str, dict[int, Partition]] = {}
 
@@ -218,7 +219,7 @@ class Finder:
         action = event.get("ACTION")
         if action not in ("add", "change", "bind"):
             return False
-        if action == "add" and "MODALIAS" in event:
+        if self.load_drivers and action == "add" and "MODALIAS" in event:
             self.loader.load_modalias(event["MODALIAS"])
         if event.get("SUBSYSTEM") == "block" and action in ("add", "change"):
             self.forget(event.get("DEVNAME", "").rsplit("/", 1)[-1])

@@ -118,6 +118,11 @@ def trigger(boot: Boot) -> None:
     s = boot.need_settings()
     with failing("open the kernel uevent socket", "that the kernel has CONFIG_NET"):
         boot.uevents = boot.kernel.uevent_open()
+    if boot.mode == SYSTEMD:
+        # systemd-udev-trigger.service (ordered before us) did the coldplug, and udevd loads
+        # the drivers: triggering again would only make udevd process every device twice.
+        boot.log.info("systemd-udev-trigger did the coldplug; listening for uevents only")
+        return
     count = udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
     boot.log.info(f"triggered {count} devices in {', '.join(s.subsystems)}")
 
@@ -125,11 +130,15 @@ def trigger(boot: Boot) -> None:
 def wait_bootfs(boot: Boot) -> None:
     s = boot.need_settings()
     assert boot.loader is not None and boot.uevents is not None
+    rdinit = boot.mode == RDINIT
+    # In --systemd mode udevd loads the drivers for each uevent's MODALIAS; resolving them
+    # here too would be the same work twice, on every device of the coldplug.
     finder = Finder(boot.kernel, boot.log, boot.loader, s.bootfs, boot.paths.sysfs,
-                    boot.paths.dev)
+                    boot.paths.dev, load_drivers=rdinit)
 
-    def retrigger() -> None:
-        udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
+    def retrigger() -> None:  # after lost uevents; in --systemd mode a rescan is enough
+        if rdinit:
+            udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
 
     boot.bootfs = finder.wait(boot.uevents, s.timeout, s.bootfs_hint, retrigger)
     boot.uevents.close()
@@ -240,10 +249,12 @@ STEPS = (
          "{config}"),
     Step("load-modules", load_modules,
          "load loop, fs-{fstype} and overlay from {modules} (built-in is fine)", "{modules}"),
-    Step("trigger", trigger, "open the uevent socket; trigger add for {subsystems}",
+    Step("trigger", trigger,
+         "open the uevent socket; trigger add for {subsystems} (--systemd: udevd did)",
          "udev_trigger in {config}"),
     Step("wait-bootfs", wait_bootfs,
-         "wait up to {timeout:g} s for {bootfs} (hint: {hint}), loading drivers by modalias",
+         "wait up to {timeout:g} s for {bootfs} (hint: {hint}), loading drivers by modalias "
+         "(--systemd: udevd does)",
          "bootfs in {config} or rd.initoverlayfs.bootfs="),
     Step("mount-bootfs", mount_bootfs, "mount {bootfs} read-only on /boot as {bootfstype}",
          "bootfstype in {config} or rd.initoverlayfs.bootfstype="),
