@@ -11,7 +11,7 @@ from .devspec import DeviceSpec, SpecError, parse_spec
 from .record import field, record
 
 CONFIG_PATH = "/etc/initoverlayfs.conf"
-DEFAULT_SUBSYSTEMS = ("module", "block", "virtio", "pci", "nvme", "scsi")
+DEFAULT_SUBSYSTEMS = ("block", "virtio", "pci", "nvme", "scsi")
 INSTALLER_KEYS = frozenset(
     {"initoverlayfs_builder", "initrd_builder", "erofs_compression", "initoverlayfs_init"}
 )

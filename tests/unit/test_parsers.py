@@ -87,6 +87,11 @@ def test_upstream_config_is_understood() -> None:
     assert config.bootfstype == "ext4"
     assert config.udev_trigger == ("module", "block", "virtio", "pci", "nvme")
     assert config.warnings == ()
+    # module uevents carry no MODALIAS: the config keeps the word, the trigger skips it
+    settings = resolve(config, (), "6.1.0-18-amd64", DEFAULT_SUBSYSTEMS)
+    assert settings.subsystems == ("block", "virtio", "pci", "nvme")
+    only = resolve(parse_config("bootfs LABEL=x\nudev_trigger module"), (), "6.1", ("block",))
+    assert only.subsystems == ("block",)  # nothing left: the defaults
 
 
 def test_config_whitespace_comments_and_tabs() -> None:
