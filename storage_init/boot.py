@@ -41,6 +41,15 @@ class Paths:
         return f"{self.scratch}/timings.json"
 
 
+@record(frozen=True)
+class VerifiedDevice:
+    """The dm-verity device over the loop device, until seal-verity hands it over."""
+
+    control: int  # /dev/mapper/control, open: /dev moves away before the seal
+    backing: str  # the loop device as major:minor, for the table
+    node: str
+
+
 @record
 class Boot:
     kernel: Kernel
@@ -61,6 +70,8 @@ class Boot:
     bootfs: BlockDevice | None = None
     loop_device: str | None = None
     loop_fd: int | None = None  # held open until the image is mounted (autoclear)
+    image_device: str | None = None  # what the image is mounted from: loop or dm-verity
+    verified: VerifiedDevice | None = None
     timings: list[tuple[str, float]] = field(default_factory=list)
     finished: bool = False
 
@@ -128,6 +139,7 @@ class Boot:
             "total_ms": round(sum(ms for _, ms in self.timings), 3),
             "bootfs": self.bootfs.describe() if self.bootfs else None,
             "loop_device": self.loop_device,
+            "image_device": self.image_device,
             "image": self.settings.image if self.settings else None,
             "modules_loaded": list(self.loader.loaded) if self.loader else [],
             "python_modules_at_start": sorted(self.modules_at_start),
@@ -161,6 +173,8 @@ class Boot:
             "hint": (s.bootfs_hint if s else None) or "none",
             "bootfstype": (s.bootfstype or "probed type") if s else "?",
             "image": s.image if s else "?",
+            "verity": (f"root hash {s.verity.root_hash[:16]}..." if s.verity else
+                       "off (no verity_roothash, or rd.initoverlayfs.verity=0)") if s else "?",
             "init": " then ".join(filter(None, (s.init if s else None, "/sbin/init"))),
         }
 

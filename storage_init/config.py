@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .devspec import DeviceSpec, SpecError, parse_spec
 from .record import field, record
+from .verity import DIGEST, parse_hex
 
 CONFIG_PATH = "/etc/initoverlayfs.conf"
 DEFAULT_SUBSYSTEMS = ("block", "virtio", "pci", "nvme", "scsi")
@@ -36,6 +37,11 @@ class Config:
     fs: str | None = None
     fstype: str | None = None
     udev_trigger: tuple[str, ...] | None = None
+    # written by initoverlayfs-install for each build (storage_init/verity.py)
+    verity_roothash: str | None = None
+    verity_salt: str | None = None
+    verity_data_blocks: int | None = None
+    verity_hash_offset: int | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -92,6 +98,12 @@ def parse_config(text: str) -> Config:
     return Config(**values, warnings=tuple(warnings))  # type: ignore[arg-type]
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError(f"not a positive number: {value!r}")
+    return int(value)
+
+
 def _hint(value: str) -> str:
     if not value.startswith("/dev/"):
         raise ValueError(f"bootfs_hint must be a /dev path, got {value!r}")
@@ -105,4 +117,8 @@ _PARSERS = {
     "fs": parse_image_path,
     "fstype": parse_fstype,
     "udev_trigger": parse_subsystems,
+    "verity_roothash": lambda v: parse_hex(v, "the root hash", 2 * DIGEST),
+    "verity_salt": lambda v: parse_hex(v, "the salt"),
+    "verity_data_blocks": _count,
+    "verity_hash_offset": _count,
 }

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .cmdline import Param, last_value
+from .cmdline import Param, flag, last_value
 from .config import Config, ConfigError, parse_fstype, parse_image_path
 from .devspec import DeviceSpec, SpecError, parse_spec
 from .emergency import ACTIONS
 from .record import record
+from .verity import BLOCK, Verity
 
 DEFAULT_TIMEOUT = 30.0
 NEW_ROOT = "/initoverlayfs"
@@ -32,6 +33,7 @@ class Settings:
     timeout: float
     init: str | None
     kver: str
+    verity: Verity | None = None  # None: the image is mounted unverified
     warnings: tuple[str, ...] = ()
 
     @property
@@ -86,14 +88,24 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
                         "; using reboot")
 
     init = arg("init") or last_value(params, "init") or None
+    image = (checked("fs", parse_image_path, config.fs)
+             or f"/initoverlayfs-{kver}.img").replace("$kver", kver)
+    tree = verity_of(config)
+    wanted = flag(params, "rd.initoverlayfs.verity")
+    if wanted and tree is None:
+        raise ConfigError("rd.initoverlayfs.verity=1 asks for a verified image, and the config "
+                          "has no verity_roothash (the images were built with --no-verity)")
+    if wanted is False and tree is not None:
+        warnings.append(f"rd.initoverlayfs.verity=0: /boot{image} is mounted WITHOUT "
+                        "verification, on purpose")
+        tree = None
     return Settings(
         bootfs=bootfs,
         bootfs_hint=config.bootfs_hint,
         bootfstype=checked("bootfstype", parse_fstype, config.bootfstype),
         # `$kver` lets one config serve every kernel when the image path is not the default
         # (e.g. /boot is a directory of the root filesystem: `fs /boot/initoverlayfs-$kver.img`)
-        image=(checked("fs", parse_image_path, config.fs)
-               or f"/initoverlayfs-{kver}.img").replace("$kver", kver),
+        image=image,
         fstype=checked("fstype", parse_fstype, config.fstype) or "erofs",
         # "module" (in every config of the C original) is dropped: a module's uevent carries
         # no MODALIAS, so replaying one for each of the kernel's ~100 modules only costs time
@@ -102,5 +114,22 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         timeout=timeout,
         init=init,
         kver=kver,
+        verity=tree,
         warnings=tuple(warnings),
     )
+
+
+def verity_of(config: Config) -> Verity | None:
+    if config.verity_roothash is None:
+        return None
+    if config.verity_data_blocks is None:
+        raise ConfigError("verity_roothash without verity_data_blocks: rerun "
+                          "initoverlayfs-install, which writes both")
+    offset = config.verity_hash_offset
+    if offset is None:
+        offset = config.verity_data_blocks * BLOCK
+    if offset % BLOCK or offset < config.verity_data_blocks * BLOCK:
+        raise ConfigError(f"verity_hash_offset {offset} must be a multiple of {BLOCK} past the "
+                          f"{config.verity_data_blocks} data blocks")
+    return Verity(config.verity_roothash, config.verity_salt or "", config.verity_data_blocks,
+                  offset)

@@ -12,11 +12,12 @@ import errno
 import os
 from collections.abc import Callable
 
-from . import loop, switchroot, udev
-from .boot import Boot
+from . import dm, loop, switchroot, udev, verity
+from .boot import Boot, VerifiedDevice
 from .cmdline import parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
 from .devices import Finder
+from .emergency import Policy
 from .errors import BootError
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .modules import Loader
@@ -181,16 +182,91 @@ def attach_loop(boot: Boot) -> None:
     boot.log.info(f"{image} is on {boot.loop_device}")
 
 
+def setup_verity(boot: Boot) -> None:
+    s, kernel, log = boot.need_settings(), boot.kernel, boot.log
+    assert boot.loop_device is not None and boot.loop_fd is not None and boot.loader
+    boot.image_device = boot.loop_device
+    tree = s.verity
+    if tree is None:
+        if not any("verity=0" in w for w in s.warnings):  # that one said it already
+            log.info(f"{s.image_path} is not verified: the config has no verity_roothash "
+                     "(built with --no-verity)")
+        return
+    image = s.image_path
+    rebuild = (f"that /boot{s.image} and the mini-initramfs come from the same "
+               f"initoverlayfs-install run for {s.kver} (rerun it; rd.initoverlayfs.verity=0 "
+               "boots this image unverified)")
+    with failing(f"read the verity superblock of {image}", rebuild):
+        size = kernel.stat(image).st_size
+        block = kernel.pread(boot.loop_fd, tree.hash_offset, verity.BLOCK)
+    problem = verity.check_superblock(tree, block, size)
+    if problem:
+        raise BootError(f"verify {image}: {problem}", rebuild)
+    boot.loader.load(["dm-verity"])
+    with failing(f"open {boot.paths.dev}/mapper/control",
+                 "that the kernel has device-mapper (CONFIG_BLK_DEV_DM, module dm-mod)"):
+        control = kernel.open(f"{boot.paths.dev}/mapper/control", os.O_RDWR)
+    try:
+        boot.verified = _map_verity(boot, tree, control, rebuild)
+    except BaseException:
+        kernel.close(control)
+        raise
+    boot.image_device = boot.verified.node
+    log.info(f"{image} is verified by dm-verity as {boot.image_device} "
+             f"(root hash {tree.root_hash[:16]}...)")
+
+
+def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str
+                ) -> VerifiedDevice:
+    kernel, image = boot.kernel, boot.need_settings().image_path
+    assert boot.loop_device is not None
+    rdev = kernel.stat(boot.loop_device).st_rdev
+    backing = f"{os.major(rdev)}:{os.minor(rdev)}"
+    with failing(f"set up dm-verity over {boot.loop_device}",
+                 "that the kernel has dm-verity (CONFIG_DM_VERITY, module dm-verity)"):
+        _, minor = dm.create(kernel, control, verity.DM_NAME)
+    node = f"{boot.paths.dev}/dm-{minor}"
+    try:
+        with failing(f"set up dm-verity over {boot.loop_device}",
+                     "that the kernel has dm-verity (CONFIG_DM_VERITY, module dm-verity)"):
+            dm.load(kernel, control, verity.DM_NAME, tree.sectors, "verity", tree.table(backing))
+            dm.resume(kernel, control, verity.DM_NAME)
+        # No corruption option in this table yet: a root hash that the tree does not give is
+        # an I/O error on this first read, here, and not a restart in the middle of the mount.
+        try:
+            fd = kernel.open(node, os.O_RDONLY)
+            try:
+                kernel.pread(fd, 0, verity.BLOCK)
+            finally:
+                kernel.close(fd)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise BootError(f"read {node}, the dm-verity device of {image}",
+                                "/dev (devtmpfs)", exc) from None
+            raise BootError(f"verify {image}: dm-verity rejects it against the root hash "
+                            f"{tree.root_hash} of {boot.paths.config}: it is not the image "
+                            "this mini-initramfs was built with, or it is corrupted",
+                            rebuild) from None
+    except BaseException:
+        try:  # noqa: SIM105  (no contextlib at boot: see failing)
+            dm.remove(kernel, control, verity.DM_NAME)  # no half-set-up device for rd.shell
+        except OSError:
+            pass
+        raise
+    return VerifiedDevice(control, backing, node)
+
+
 def mount_image(boot: Boot) -> None:
     s = boot.need_settings()
     lower = f"{boot.paths.scratch}/lower"
-    with failing(f"mount {s.image_path} ({boot.loop_device}) as {s.fstype} on {lower}",
+    device = boot.image_device or boot.loop_device
+    with failing(f"mount {s.image_path} ({device}) as {s.fstype} on {lower}",
                  f"that {s.image_path} is a filesystem image of type {s.fstype} "
                  "(rerun initoverlayfs-install), "
                  "and fstype in /etc/initoverlayfs.conf or rd.initoverlayfs.fstype="):
-        assert boot.loop_device is not None and boot.loop_fd is not None
+        assert device is not None and boot.loop_fd is not None
         try:
-            boot.kernel.mount(boot.loop_device, lower, s.fstype, MS_RDONLY, None)
+            boot.kernel.mount(device, lower, s.fstype, MS_RDONLY, None)
         finally:
             # Now the mount holds the device; on failure autoclear detaches it.
             boot.kernel.close(boot.loop_fd)
@@ -222,6 +298,27 @@ def move_mounts(boot: Boot) -> None:
 def switch_root(boot: Boot) -> None:
     with failing(f"switch root to {boot.paths.new_root}", "the kernel log for overlay errors"):
         switchroot.switch_root(boot.kernel, boot.log, boot.paths.new_root)
+
+
+def seal_verity(boot: Boot) -> None:
+    """From here on a corrupted block is never an I/O error that init may step over."""
+    s, verified = boot.need_settings(), boot.verified
+    if verified is None or s.verity is None:
+        return
+    action = Policy.from_params(boot.params).action
+    option = verity.ON_CORRUPTION[action]
+    try:
+        dm.load(boot.kernel, verified.control, verity.DM_NAME, s.verity.sectors, "verity",
+                s.verity.table(verified.backing, option))
+        dm.resume(boot.kernel, verified.control, verity.DM_NAME)
+        boot.log.info(f"dm-verity: {option} from here on (rd.emergency={action})")
+    except OSError as exc:
+        # not a reason to stop: the table in place already refuses every corrupted block
+        boot.log.warning(f"cannot switch dm-verity to {option} ({exc.strerror}); a corrupted "
+                         "block stays an I/O error for whoever reads it")
+    finally:
+        boot.kernel.close(verified.control)
+        boot.verified = None
 
 
 def exec_init(boot: Boot) -> None:
@@ -262,7 +359,11 @@ STEPS = (
          "/run"),
     Step("attach-loop", attach_loop, "attach /boot{image} to a free loop device (read-only)",
          "fs in {config} or rd.initoverlayfs.fs="),
-    Step("mount-image", mount_image, "mount the loop device as {fstype} on {scratch}/lower",
+    Step("setup-verity", setup_verity,
+         "check the image's hash tree ({verity}); load dm-verity; map it over the loop device",
+         "that the image and the mini-initramfs come from one initoverlayfs-install run"),
+    Step("mount-image", mount_image,
+         "mount the verity (or loop) device as {fstype} on {scratch}/lower",
          "fstype in {config} or rd.initoverlayfs.fstype="),
     Step("mount-overlay", mount_overlay, "mount overlay (volatile if supported) on {new_root}",
          "CONFIG_OVERLAY_FS"),
@@ -270,6 +371,9 @@ STEPS = (
     Step("switch-root", switch_root,
          "make {new_root} the root; free the old initramfs", "kernel log",
          frozenset({RDINIT})),
+    Step("seal-verity", seal_verity,
+         "reload dm-verity with restart_on_corruption (rd.emergency=reboot) or "
+         "panic_on_corruption", "the kernel log"),
     Step("exec-init", exec_init, "exec {init} with the original arguments",
          "rd.initoverlayfs.init= or init=", frozenset({RDINIT})),
 )

@@ -7,6 +7,7 @@ refuse runs before anything is written, and /boot only changes by atomic renames
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -17,7 +18,20 @@ from pathlib import Path
 from storage_init.config import ConfigError, parse_config
 from storage_init.modules import ModuleIndex
 
-from . import compress, cpio, dracut, elf, erofs, freeze, fstab, initramfs, kmods, mini, output
+from . import (
+    compress,
+    cpio,
+    dracut,
+    elf,
+    erofs,
+    freeze,
+    fstab,
+    initramfs,
+    kmods,
+    mini,
+    output,
+    verity,
+)
 from .errors import BuildError
 from .run import need
 from .ui import Ui
@@ -79,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="mkfs.erofs -z argument, or none (default: erofs_compression from the "
                         f"config, else {erofs.PREFERRED} when mkfs.erofs and the kernel "
                         "support it)")
+    p.add_argument("--no-verity", dest="verity", action="store_false",
+                   help="do not append a dm-verity hash tree to the image nor put its root "
+                        "hash in the mini-initramfs (default: verified; storage-init then "
+                        "refuses an image that is not the one built with it)")
     p.add_argument("--debug", action="store_true", help="show each external command as run")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     return p.parse_args(argv)
@@ -92,6 +110,24 @@ class Result:
     image_size: int
     modules: tuple[str, ...]
     seconds: float
+    verity: verity.Verity | None = None
+
+
+VERITY_MODULE = "dm-verity"  # with dm-mod and dm-bufio, through modules.dep
+
+
+def with_verity(config_text: str, tree: verity.Verity | None) -> str:
+    """The mini-initramfs config: the user's lines without any verity_* key (that belongs to
+    the build, not to the sysroot's file), then this build's."""
+    kept = [line for line in config_text.splitlines()
+            if not line.strip().startswith("verity_")]
+    text = "\n".join(kept).rstrip("\n") + "\n"
+    return text + tree.config_lines() if tree else text
+
+
+def verity_salt(image_uuid: str) -> bytes:
+    """Reproducible like the image's UUID; different for every kernel and build time."""
+    return hashlib.sha256(f"initoverlayfs verity salt {image_uuid}".encode()).digest()
 
 
 def pick_kver(sysroot: Path, requested: str | None) -> str:
@@ -211,7 +247,14 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         drivers = kmods.generic_drivers()
     extra = args.add_drivers.split()
     fstypes = [fstype] if fstype else list(kmods.GENERIC_FS)
-    selection = kmods.select(index, kmods.wanted_modules([*drivers, *extra], fstypes))
+    wanted = kmods.wanted_modules([*drivers, *extra], fstypes)
+    if args.verity:
+        wanted.append(VERITY_MODULE)
+    selection = kmods.select(index, wanted)
+    if args.verity and VERITY_MODULE in selection.missing:
+        raise BuildError(f"{kver} has no dm-verity (CONFIG_DM_VERITY), built in or as a module",
+                         "use a kernel with it, or pass --no-verity to boot the image "
+                         "unverified")
     unknown = [name for name in extra if name in selection.missing]
     if unknown:
         raise BuildError(f"--add-drivers: {', '.join(unknown)} is neither a module of {kver} "
@@ -236,13 +279,22 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
             with ui.step(f"unpacking {len(unpacked.entries)} entries of the source initramfs"):
                 initramfs.extract(ui, unpacked.entries, tree)
         image = workdir / "image.erofs"
-        erofs.make_image(ui, tree, image, compression=compression, kver=kver,
-                         epoch=source_date_epoch())
+        epoch = source_date_epoch()
+        erofs.make_image(ui, tree, image, compression=compression, kver=kver, epoch=epoch)
+        tree_info = None
+        if args.verity:
+            uuid = erofs.image_uuid(kver, epoch)
+            with ui.step("appending the dm-verity hash tree"):
+                tree_info = verity.append(image, verity_salt(uuid),
+                                          bytes.fromhex(uuid.replace("-", "")))
+            ui.info(f"verity root hash {tree_info.root_hash} "
+                    f"(+{tree_info.added_bytes} bytes of hash tree)")
+        mini_config = with_verity(config_text, tree_info)
 
         # --- the mini-initramfs ---
         if with_dracut:
             config_file = workdir / "initoverlayfs.conf"
-            config_file.write_text(config_text)
+            config_file.write_text(mini_config)
             inside = "/" / frozen.resolve().relative_to(sysroot)
             made = dracut.mini_initramfs(
                 ui, sysroot=sysroot, kver=kver, systemd=args.systemd, frozen=inside,
@@ -251,7 +303,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
             initramfs_bytes = made.read_bytes()  # dracut adds early microcode itself
         else:
             initramfs_bytes = cpio_mini_initramfs(ui, args.compress, frozen, module_files, kver,
-                                                  config_text, unpacked)
+                                                  mini_config, unpacked)
 
         # the image first, the file the bootloader loads last (see output.install)
         output.install(boot_dir, [output.Output(names[1], image),
@@ -261,7 +313,8 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                                          config_text.encode())
             ui.info(f"wrote {sysroot / 'etc/initoverlayfs.conf'} from /etc/fstab")
         return Result(boot_dir / names[0], boot_dir / names[1], len(initramfs_bytes),
-                      image.stat().st_size, selection.modules, time.monotonic() - started)
+                      image.stat().st_size, selection.modules, time.monotonic() - started,
+                      tree_info)
 
 
 def cpio_mini_initramfs(ui: Ui, method: str, frozen: Path, module_files: dict[str, bytes],

@@ -34,6 +34,9 @@ kernel/fs/erofs/erofs.ko:
 kernel/fs/overlayfs/overlay.ko:
 kernel/fs/jbd2/jbd2.ko:
 kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko
+kernel/drivers/md/dm-mod.ko:
+kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko
+kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko
 """.format(virtio="kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko")
 MODULES_ALIAS = """\
 # Aliases extracted from modules themselves.

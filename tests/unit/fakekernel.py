@@ -15,15 +15,30 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from storage_init import dm
 from storage_init import kernel as real
-from storage_init.kernel import LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_SET_STATUS64
+from storage_init.kernel import (
+    DM_DEV_CREATE,
+    DM_DEV_REMOVE,
+    DM_DEV_SUSPEND,
+    DM_TABLE_LOAD,
+    LOOP_CONFIGURE,
+    LOOP_CTL_GET_FREE,
+    LOOP_SET_FD,
+    LOOP_SET_STATUS64,
+)
 
 IOCTL_NAMES = {
     LOOP_CTL_GET_FREE: "LOOP_CTL_GET_FREE",
     LOOP_CONFIGURE: "LOOP_CONFIGURE",
     LOOP_SET_FD: "LOOP_SET_FD",
     LOOP_SET_STATUS64: "LOOP_SET_STATUS64",
+    DM_DEV_CREATE: "DM_DEV_CREATE",
+    DM_DEV_REMOVE: "DM_DEV_REMOVE",
+    DM_DEV_SUSPEND: "DM_DEV_SUSPEND",
+    DM_TABLE_LOAD: "DM_TABLE_LOAD",
 }
+LOOP_MAJOR, DM_MAJOR = 7, 254
 
 
 class Executed(BaseException):
@@ -87,6 +102,8 @@ class FakeKernel:
     mounted: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
     written: dict[str, list[bytes]] = field(default_factory=dict)
     tracer: Callable[[str], None] | None = None
+    # device-mapper: name -> [minor, loaded table (target, sectors, params) or None, live one]
+    dm_devices: dict[str, list[Any]] = field(default_factory=dict)
     _fds: dict[int, str] = field(default_factory=dict)
     _next_fd: int = 10
 
@@ -202,12 +219,25 @@ class FakeKernel:
 
     def close(self, fd: int) -> None:
         path = self._fds.pop(fd)
-        if path.startswith("/dev/loop") and path != "/dev/loop-control":
+        if ((path.startswith("/dev/loop") and path != "/dev/loop-control")
+                or path.endswith("/mapper/control")):
             # With autoclear, this close detaches an unmounted device: its place matters.
             self.calls.append(("close", path))
 
     def pread(self, fd: int, offset: int, length: int) -> bytes:
+        self._raise_if_planned("pread", self._fds[fd])
         return self.files[self._fds[fd]][offset:offset + length]
+
+    def stat(self, path: str) -> os.stat_result:
+        if path not in self.files:
+            raise oserror(errno.ENOENT, path)
+        rdev = 0
+        if path.startswith("/dev/loop") and path[9:].isdigit():
+            rdev = os.makedev(LOOP_MAJOR, int(path[9:]))
+        elif path.startswith("/dev/dm-"):
+            rdev = os.makedev(DM_MAJOR, int(path[8:]))
+        return os.stat_result((0o600, 0, 0, 1, 0, 0, len(self.files[path]), 0, 0, 0),
+                              {"st_rdev": rdev})
 
     def write_fd(self, fd: int, data: bytes) -> None:
         self.written.setdefault(self._fds.get(fd, f"fd{fd}"), []).append(data)
@@ -220,7 +250,44 @@ class FakeKernel:
             number = self.free_loops.pop(0)
             self.add_file(f"/dev/loop{number}")
             return number
+        if request in (LOOP_CONFIGURE, LOOP_SET_FD):  # the device now reads as the file
+            backing = arg if isinstance(arg, int) else int.from_bytes(arg[:4], "little")
+            self.files[self._fds[fd]] = self.files[self._fds[backing]]
+        if isinstance(arg, bytes) and request in (DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND,
+                                                  DM_TABLE_LOAD):
+            return self._dm(request, arg)
         return 0
+
+    def _dm(self, request: int, arg: bytes) -> bytes:
+        fields = list(dm.HEADER.unpack_from(arg))
+        name = fields[11].rstrip(b"\0").decode()
+        if request == DM_DEV_CREATE:
+            if name in self.dm_devices:
+                raise oserror(errno.EBUSY, name)
+            minor = len(self.dm_devices)
+            self.dm_devices[name] = [minor, None, None]
+            fields[10] = os.makedev(DM_MAJOR, minor)
+            return dm.HEADER.pack(*fields) + arg[dm.HEADER.size:]
+        device = self.dm_devices.get(name)
+        if device is None:
+            raise oserror(errno.ENXIO, name)
+        if request == DM_TABLE_LOAD:
+            assert fields[5] == 1 and fields[4] == dm.HEADER.size  # one target, after the header
+            start, sectors, _, _, target = dm.TARGET.unpack_from(arg, dm.HEADER.size)
+            params = arg[dm.HEADER.size + dm.TARGET.size:].split(b"\0")[0].decode()
+            assert start == 0
+            device[1] = (target.rstrip(b"\0").decode(), sectors, params)
+            self.calls.append(("dm-table", name, *device[1]))
+        elif request == DM_DEV_SUSPEND and device[1] is not None:
+            device[2], device[1] = device[1], None
+            _, sectors, params = device[2]
+            major, minor = (int(n) for n in params.split()[1].split(":"))
+            data = self.files[f"/dev/loop{minor}"] if major == LOOP_MAJOR else b""
+            self.add_file(f"/dev/dm-{device[0]}", data[:sectors * 512])
+        elif request == DM_DEV_REMOVE:
+            del self.dm_devices[name]
+            self.files.pop(f"/dev/dm-{device[0]}", None)
+        return arg
 
     def remove_tree_contents(self, dir_fd: int, device: int) -> int:
         self.calls.append(("remove_tree_contents", device))

@@ -76,7 +76,7 @@ def test_happy_path_writes_timings_and_one_summary_line(machine: Machine) -> Non
     machine.boot()
     timings = json.loads(machine.k.written["/run/initoverlayfs/timings.json"][-1])
     names = [s["name"] for s in timings["steps"]]
-    assert names[0] == "mount-api" and names[-1] == "switch-root"
+    assert names[0] == "mount-api" and names[-2:] == ["switch-root", "seal-verity"]
     assert timings["loop_device"] == "/dev/loop0"
     assert "virtio_blk" in timings["modules_loaded"]
     assert timings["steps"][names.index("wait-bootfs")]["ms"] == pytest.approx(30.0)

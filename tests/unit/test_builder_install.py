@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from initoverlayfs_build import cpio, install, output
 from initoverlayfs_build.errors import BuildError
+from initoverlayfs_build.run import need
+
+from storage_init.config import Config, parse_config
 
 from .test_builder_modules import moddir  # noqa: F401 - the fixture tree of modules
 
@@ -59,20 +62,45 @@ def test_install_builds_both_images_and_the_config(sysroot: Path) -> None:
     entries = {e.name: e for e in cpio.read_all(archive)}
     assert entries["init"].data == b"usr/lib/initoverlayfs/storage-init"
     assert entries["dev/console"].rdev == (5, 1)
-    assert entries["etc/initoverlayfs.conf"].data.decode() == config
+    # the sysroot's config, then this build's verity keys, which match the image's tree
+    mini_config = entries["etc/initoverlayfs.conf"].data.decode()
+    assert mini_config.startswith(config)
+    settings = parse_config(mini_config)
+    assert_veritysetup_verifies(image, settings)
+    assert "verity_" not in config
     for point in ("proc", "sys", "dev", "run", "boot", "initoverlayfs"):
         assert stat.S_ISDIR(entries[point].mode)
     assert entries["usr/lib/initoverlayfs/storage-init"].mode & 0o111
     assert any(name.startswith("lib") and "libc.so" in name for name in entries)
     modules = {n.rsplit("/", 1)[1] for n in entries if n.endswith(".ko")}
     # generic (the sysroot is not /): the fixture kernel's virtio family; no vfat in it
-    assert modules == {"virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_blk.ko"}
+    assert modules == {"virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_blk.ko",
+                       "dm-mod.ko", "dm-bufio.ko", "dm-verity.ko"}
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=archive, capture_output=True,
                              check=True).stdout.decode().split()
     assert sorted(listing) == sorted(entries)
 
     fsck = subprocess.run(["fsck.erofs", str(image)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def assert_veritysetup_verifies(image: Path, config: Config) -> None:
+    """cryptsetup's own verifier reads every block of the image against the config's root."""
+    assert config.verity_hash_offset and config.verity_salt and config.verity_roothash
+    out = subprocess.run([need("veritysetup", "to check the hash tree"), "verify", "-v",
+                          f"--hash-offset={config.verity_hash_offset}", str(image), str(image),
+                          str(config.verity_roothash)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_verity_leaves_the_image_as_mkfs_made_it(sysroot: Path) -> None:
+    assert install.main(args(sysroot, "--compress", "none", "--no-verity")) == 0
+    image = (sysroot / f"boot/initoverlayfs-{KVER}.img").read_bytes()
+    assert b"verity\0\0" not in image[-1024 * 1024:]
+    archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
+    entries = {e.name: e for e in cpio.read_all(archive)}
+    assert "verity_" not in entries["etc/initoverlayfs.conf"].data.decode()
+    assert not [n for n in entries if "/md/dm-" in n]
 
 
 def test_two_builds_with_the_same_epoch_are_identical(sysroot: Path,
@@ -102,12 +130,13 @@ def test_a_users_config_is_never_overwritten(sysroot: Path) -> None:
     assert install.main(args(sysroot, "--compress", "none")) == 0
     assert (sysroot / "etc/initoverlayfs.conf").read_text() == mine
     archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
-    assert {e.name: e.data for e in cpio.read_all(archive)}["etc/initoverlayfs.conf"] == (
-        mine.encode())
+    shipped = {e.name: e.data for e in cpio.read_all(archive)}["etc/initoverlayfs.conf"]
+    assert shipped.decode().startswith(mine) and b"\nverity_roothash " in shipped
 
 
 @pytest.mark.parametrize("case", ["no-modules", "no-mkfs", "bad-initramfs", "exists",
-                                  "bad-config", "unknown-driver", "bad-frozen"])
+                                  "bad-config", "unknown-driver", "bad-frozen",
+                                  "no-dm-verity"])
 def test_refusals_change_nothing_and_say_what_to_do(
         sysroot: Path, case: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,6 +152,7 @@ def test_refusals_change_nothing_and_say_what_to_do(
         "bad-config": "initoverlayfs.conf: line 1 (bootfs)",
         "unknown-driver": "--add-drivers: no_such_driver",
         "bad-frozen": "is not a frozen storage-init folder",
+        "no-dm-verity": "has no dm-verity (CONFIG_DM_VERITY), built in or as a module",
     }[case]
     if case == "no-modules":
         argv[argv.index(KVER)] = "9.9"
@@ -140,6 +170,10 @@ def test_refusals_change_nothing_and_say_what_to_do(
         argv += ["--add-drivers", "no_such_driver"]
     elif case == "bad-frozen":
         (sysroot / "frozen/storage-init").unlink()
+    elif case == "no-dm-verity":
+        dep = sysroot / f"lib/modules/{KVER}/modules.dep"
+        dep.write_text("".join(line for line in dep.read_text().splitlines(keepends=True)
+                               if "dm-verity" not in line))
     assert install.main(argv) == 1
     err = capsys.readouterr().err
     assert expected in err, err

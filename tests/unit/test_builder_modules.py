@@ -27,6 +27,9 @@ kernel/fs/ext4/ext4.ko.gz: kernel/fs/jbd2/jbd2.ko
 kernel/fs/jbd2/jbd2.ko:
 kernel/crypto/crc32c_generic.ko:
 kernel/drivers/unrelated.ko:
+kernel/drivers/md/dm-mod.ko:
+kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko
+kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko
 """
 ALIAS = """\
 alias virtio:d00000002v* virtio_blk

@@ -1,0 +1,94 @@
+"""dm-verity for the initoverlayfs image: the hash tree appended to the image file itself.
+
+One file on /boot holds the EROFS data, a veritysetup-compatible superblock and the hash
+tree, so the image and its tree are replaced together by one rename (output.install) and can
+never be out of step with each other; the root hash goes into the mini-initramfs's config,
+which the bootloader loads (and Secure Boot can sign) with the kernel.
+
+The layout is the kernel's format version 1 with sha256 and 4 KiB blocks, as `veritysetup
+format --hash-offset=<data bytes> image image` writes it (tests/integration checks that
+byte for byte): data blocks | superblock block | top level | ... | level 0. Each digest is
+sha256(salt + block); a level is padded with zero bytes to whole blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage_init.verity import ALGORITHM, BLOCK, SIGNATURE, SUPERBLOCK, level_sizes
+
+
+@dataclass(frozen=True)
+class Verity:
+    root_hash: str  # hex
+    salt: str  # hex
+    data_blocks: int
+    hash_offset: int  # bytes into the image file where the superblock is
+    hash_blocks: int  # the tree, without the superblock
+
+    @property
+    def added_bytes(self) -> int:
+        return (1 + self.hash_blocks) * BLOCK
+
+    def config_lines(self) -> str:
+        """The mini-initramfs config's verity keys (storage_init/config.py reads them)."""
+        return (f"verity_roothash {self.root_hash}\n"
+                f"verity_salt {self.salt}\n"
+                f"verity_data_blocks {self.data_blocks}\n"
+                f"verity_hash_offset {self.hash_offset}\n")
+
+
+def _digests(blocks: list[bytes], salt: bytes) -> bytes:
+    out = bytearray()
+    for block in blocks:
+        h = hashlib.sha256(salt)
+        h.update(block)
+        out += h.digest()
+    return bytes(out)
+
+
+def _blocks(data: bytes) -> list[bytes]:
+    padded = data + bytes(-len(data) % BLOCK)
+    return [padded[i:i + BLOCK] for i in range(0, len(padded), BLOCK)]
+
+
+def hash_tree(image: Path, salt: bytes) -> tuple[bytes, list[bytes]]:
+    """(root digest, levels top first, each padded to whole blocks) of a block-aligned file."""
+    size = image.stat().st_size
+    if size % BLOCK or size == 0:
+        raise ValueError(f"{image} is {size} bytes, not a positive multiple of {BLOCK}")
+    digests = bytearray()
+    with image.open("rb") as f:
+        while chunk := f.read(BLOCK * 256):
+            digests += _digests(_blocks(chunk), salt)
+    levels: list[bytes] = []
+    for _ in level_sizes(size // BLOCK):
+        levels.append(bytes(digests) + bytes(-len(digests) % BLOCK))
+        digests = bytearray(_digests(_blocks(levels[-1]), salt))
+    # the digest of the top block (or of the only data block) is the root
+    return bytes(digests), levels[::-1]
+
+
+def superblock(data_blocks: int, salt: bytes, uuid: bytes) -> bytes:
+    packed = SUPERBLOCK.pack(SIGNATURE, 1, 1, uuid, ALGORITHM.encode(), BLOCK, BLOCK,
+                             data_blocks, len(salt), salt)
+    return packed + bytes(BLOCK - len(packed))
+
+
+def append(image: Path, salt: bytes, uuid: bytes) -> Verity:
+    """Pad the image to whole blocks, append superblock and tree, return what the boot needs."""
+    if not 0 < len(salt) <= 256 or len(uuid) != 16:
+        raise ValueError("verity: salt must be 1-256 bytes and the uuid 16")
+    size = image.stat().st_size
+    with image.open("ab") as f:
+        f.write(bytes(-size % BLOCK))
+    data_blocks = image.stat().st_size // BLOCK
+    root, levels = hash_tree(image, salt)
+    with image.open("ab") as f:
+        f.write(superblock(data_blocks, salt, uuid))
+        for level in levels:
+            f.write(level)
+    return Verity(root.hex(), salt.hex(), data_blocks, data_blocks * BLOCK,
+                  sum(len(level) // BLOCK for level in levels))
