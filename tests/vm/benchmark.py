@@ -6,7 +6,9 @@ ways under QEMU, interleaved, so that drift hits every path alike.
 - c-original: the C original's storage-init, built from its source (c_original.py), in its own
   mini-initramfs, booting the same EROFS image from the same disk;
 - ours: the mini-initramfs of initoverlayfs-install, with the payload in the EROFS image on a
-  virtio disk.
+  virtio disk, verified by dm-verity (the default);
+- ours-unverified: the same mini-initramfs and disk booted with rd.initoverlayfs.verity=0, so
+  that the difference is what verification costs at boot.
 
 The payload is realistic initramfs content (kernel modules and shared libraries) at several
 sizes; the final init reads none of it and reports the guest's /proc/uptime when it starts.
@@ -38,7 +40,8 @@ from .qemu import VmSpec, boot, kvm_works
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-PATHS = ("classic-zstd", "c-original", "ours")
+PATHS = ("classic-zstd", "c-original", "ours", "ours-unverified")
+EXTRA_APPEND = {"ours-unverified": " rd.initoverlayfs.verity=0"}
 MEMORY_MB = 2048
 APPEND = "quiet rdinit=/init rd.emergency=poweroff"
 COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"]}
@@ -144,6 +147,7 @@ def breakdown(samples: list[Sample]) -> dict[str, float]:
     groups = {"driver loading": ("load-modules",), "device wait": ("trigger", "wait-bootfs"),
               "mounts": ("mount-api", "mount-bootfs", "mount-scratch", "attach-loop",
                          "mount-image", "mount-overlay", "move-mounts"),
+              "verity (dm modules, setup, seal)": ("setup-verity", "seal-verity"),
               "switch root": ("switch-root",),
               "log, cmdline, config": ("log", "read-cmdline", "read-config")}
     for s in samples:
@@ -214,14 +218,16 @@ def main() -> int:
                 print(f"benchmark: error: {exc}", file=sys.stderr)
                 return 2
         paths["c-original"] = original.initramfs
-        paths["ours"] = images_built.initramfs
+        paths["ours"] = paths["ours-unverified"] = images_built.initramfs
         paths["disk"] = disk.path
         built[size] = paths
         unpacked = {"ours": images_built.unpacked_bytes, "c-original": original.unpacked_bytes}
         image_bytes[size] = {"classic-zstd": paths["classic-zstd"].stat().st_size,
                              "c-original-initramfs": original.initramfs.stat().st_size,
                              "mini-initramfs": images_built.initramfs.stat().st_size,
-                             "erofs-image": images_built.image.stat().st_size}
+                             "erofs-image": images_built.image.stat().st_size,
+                             "verity-tree": verity_tree_bytes(images_built.image),
+                             "dm-modules": dm_module_bytes(images_built.initramfs)}
     samples: list[Sample] = []
     total = len(sizes) * len(PATHS) * args.boots
     print(f"booting {total} times, interleaved ({'KVM' if kvm_works() else 'TCG, no KVM'}) ...",
@@ -231,7 +237,7 @@ def main() -> int:
         for size in sizes:
             for path in order:
                 spec = VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"],
-                              "virtio-blk", APPEND,
+                              "virtio-blk", APPEND + EXTRA_APPEND.get(path, ""),
                               memory_mb=MEMORY_MB, timeout=600)
                 started = time.monotonic()
                 run = boot(spec)
@@ -245,6 +251,19 @@ def main() -> int:
     assert original is not None
     report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver, unpacked, original)
     return 0 if all(s.init_s is not None for s in samples) else 1
+
+
+def verity_tree_bytes(image: Path) -> int:
+    """The superblock and hash tree the builder appended to the image."""
+    data = image.read_bytes()
+    return len(data) - images.tree_start(data)
+
+
+def dm_module_bytes(initramfs: Path) -> int:
+    """The device-mapper modules in the mini-initramfs (unpacked)."""
+    archive = subprocess.run(["zstd", "-d", "-c"], stdin=initramfs.open("rb"),
+                             capture_output=True, check=True).stdout
+    return sum(len(e.data) for e in cpio.read_all(archive) if "/drivers/md/dm-" in e.name)
 
 
 def exec_to_init(samples: list[Sample], path: str) -> float | None:
@@ -278,6 +297,10 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
                 and size in summary.get(other, {})}
 
     ratios, to_original = ratio_to("classic-zstd"), ratio_to("c-original")
+    verity_cost = {size: summary["ours"][size]["median_ms"]
+                   - summary["ours-unverified"][size]["median_ms"]
+                   for size in sizes if size in summary.get("ours", {})
+                   and size in summary.get("ours-unverified", {})}
     ours = [s for s in samples if s.path == "ours"]
     steps = breakdown(ours)
     own_steps = statistics.median(float(s.timings["total_ms"])  # type: ignore[arg-type]
@@ -315,6 +338,7 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
         "payload_bytes": payload_bytes, "image_bytes": image_bytes,
         "summary": summary, "slope_ms_per_100mb": slopes, "crossover_mb": crossover,
         "ratio_ours_to_classic_zstd": ratios, "ratio_ours_to_c_original": to_original,
+        "verity_cost_ms": verity_cost,
         "our_breakdown_ms": steps, "exec_of_init_to_init_ms": exec_init,
         "unpacked_bytes": unpacked,
         "c_original": {"source": c_original.UPSTREAM, "commit": original.commit,
@@ -341,11 +365,18 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
               + " |", "", "crossover (ours = classic zstd): "
               + (f"{crossover:.1f} MB" if crossover is not None else "none"), "",
               "| payload MB | classic zstd bytes | C original's initramfs bytes "
-              "| our mini-initramfs bytes | EROFS image bytes |", "|---:|---:|---:|---:|---:|"]
+              "| our mini-initramfs bytes | EROFS image bytes | of which verity tree "
+              "| verity's cost at boot (ours - ours-unverified) |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
     for size in sizes:
         b = image_bytes[size]
+        cost = f"{verity_cost[size]:+.0f} ms" if size in verity_cost else "n/a"
         lines.append(f"| {size} | {b['classic-zstd']:,} | {b['c-original-initramfs']:,} | "
-                     f"{b['mini-initramfs']:,} | {b['erofs-image']:,} |")
+                     f"{b['mini-initramfs']:,} | {b['erofs-image']:,} | {b['verity-tree']:,} "
+                     f"| {cost} |")
+    lines += ["", f"The mini-initramfs carries {image_bytes[sizes[0]]['dm-modules']:,} bytes "
+              "of device-mapper modules (dm-mod, dm-bufio, dm-verity) for verity; "
+              "ours-unverified boots the same one."]
     lines += ["", f"Unpacked: our mini-initramfs {unpacked['ours']:,} bytes, the C original's "
               f"{unpacked['c-original']:,}. Exec of /init to the final init running (median, "
               "all sizes): " + ", ".join(f"{p} {shown_ms(v)}" for p, v in exec_init.items())

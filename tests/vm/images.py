@@ -5,6 +5,7 @@ partition and the ext4 bootfs holding every image) made with sgdisk, mkfs.vfat a
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import stat
@@ -24,6 +25,9 @@ PART_UUID = "0e9f7a52-3c1b-4d6e-8f20-6a5b4c3d2e1f"
 PART_LABEL = "iofs-boot"
 APPLETS = ("sh", "cat", "grep", "awk", "sed", "tr", "dmesg", "sleep", "poweroff", "ls", "echo")
 MARKER = "from-the-erofs-image"
+# Incompressible bytes that the test init reads after the handover: a byte flipped in them
+# is a corruption that only dm-verity can catch, and only when init reads it.
+CANARY = random.Random(20261202).randbytes(64 * 1024)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,36 @@ def content_tree(root: Path, *, with_init: bool = True) -> Path:
             "#!/bin/sh\necho INITOVERLAYFS-OTHER-INIT \"$@\"\nexec /sbin/init \"$@\"\n")
         (root / "sbin/otherinit").chmod(0o755)
     (root / "etc/marker").write_text(MARKER + "\n")
+    (root / "etc/canary").write_bytes(CANARY)
     return root
+
+
+def flipped(image: Path, out: Path, offset: int) -> Path:
+    data = bytearray(image.read_bytes())
+    data[offset] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
+
+
+def canary_offset(image: Path) -> int:
+    """Where the canary's bytes lie in the image (stored as they are: incompressible)."""
+    at = image.read_bytes().find(CANARY[:4096])
+    if at < 0:
+        raise RuntimeError(f"{image}: the canary's bytes are not stored plainly")
+    return at + 2048
+
+
+def tree_start(data: bytes) -> int:
+    """Where the builder's verity superblock starts (the last block-aligned one)."""
+    return next(at for at in range(len(data) - 4096, -1, -4096)
+                if data[at:at + 8] == b"verity\0\0")
+
+
+def without_tree(image: Path, out: Path) -> Path:
+    """The image cut where its verity superblock starts: what mkfs.erofs alone writes."""
+    data = image.read_bytes()
+    out.write_bytes(data[:tree_start(data)])
+    return out
 
 
 def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,

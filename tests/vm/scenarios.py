@@ -51,14 +51,26 @@ SCENARIOS = {s.name: s for s in (
     Scenario("generic-ahci", kernel="generic", interface="ahci"),
     Scenario("debug", append="rd.initoverlayfs.debug"),
     Scenario("quiet", append="quiet"),
-    Scenario("fs-override", append="rd.initoverlayfs.fs=/alt.img"),
+    # (alt.img, corrupt.img and noinit.img come from plain mkfs.erofs: no hash tree)
+    Scenario("fs-override", append="rd.initoverlayfs.fs=/alt.img rd.initoverlayfs.verity=0"),
     Scenario("init-elsewhere", append="init=/sbin/otherinit"),
     Scenario("fail-no-bootfs", append=f"rd.initoverlayfs.bootfs=UUID={NO_SUCH_UUID} "
                                       "rd.initoverlayfs.timeout=5 quiet"),
     Scenario("fail-no-image", append="rd.initoverlayfs.fs=/missing.img quiet"),
-    Scenario("fail-corrupt-image", append="rd.initoverlayfs.fs=/corrupt.img quiet"),
+    Scenario("fail-corrupt-image",
+             append="rd.initoverlayfs.fs=/corrupt.img rd.initoverlayfs.verity=0 quiet"),
     Scenario("fail-wrong-fstype", append="rd.initoverlayfs.bootfstype=xfs quiet"),
-    Scenario("fail-no-init", append="rd.initoverlayfs.fs=/noinit.img quiet"),
+    Scenario("fail-no-init",
+             append="rd.initoverlayfs.fs=/noinit.img rd.initoverlayfs.verity=0 quiet"),
+    # verified boot: each is a copy of this kernel's own image ($kver in fs= is its version)
+    Scenario("fail-verity-flipped-block", append="rd.initoverlayfs.fs=/flipped-$kver.img quiet"),
+    Scenario("fail-verity-other-build", append="rd.initoverlayfs.fs=/other-build.img quiet"),
+    Scenario("fail-verity-no-tree", append="rd.initoverlayfs.fs=/notree-$kver.img quiet"),
+    # a byte that only init reads: the sealed table stops the machine, by rd.emergency
+    Scenario("verity-corrupt-halt",
+             append="rd.initoverlayfs.fs=/canary-$kver.img rd.emergency=halt panic=1"),
+    Scenario("verity-corrupt-reboot", kernel="generic",
+             append="rd.initoverlayfs.fs=/canary-$kver.img rd.emergency=reboot"),
     Scenario("fail-bad-config", initrd="bad-config", append="quiet"),
     Scenario("fail-shell", initrd="shell",
              append=f"rd.shell rd.initoverlayfs.bootfs=UUID={NO_SUCH_UUID} "
@@ -98,6 +110,16 @@ def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic")) -> Artif
     corrupt = work / "corrupt.img"
     corrupt.write_bytes(os.urandom(256 * 1024))
     bootfs = {k.image.name: k.image for k in kernels.values()}
+    for built in kernels.values():
+        kver, image = built.kernel.kver, built.image
+        for name, made in (
+                (f"flipped-{kver}.img", images.flipped(image, work / f"flipped-{kver}.img", 2048)),
+                (f"canary-{kver}.img", images.flipped(image, work / f"canary-{kver}.img",
+                                                      images.canary_offset(image))),
+                (f"notree-{kver}.img", images.without_tree(image, work / f"notree-{kver}.img"))):
+            extra[name] = made
+    # the other kernel's image: what a stale or foreign image looks like to this build
+    extra["other-build.img"] = kernels[flavours[-1]].image
     disk = images.make_disk(work, {**bootfs, **extra, "corrupt.img": corrupt})
     artifacts = Artifacts(work, kernels, disk)
     busybox = (content / "bin/busybox").read_bytes()

@@ -13,7 +13,7 @@ from .qemu import DEVICE_NAMES, BootResult
 from .scenarios import NO_SUCH_UUID, SCENARIOS, Artifacts, result_of, timings_of
 
 pytestmark = pytest.mark.vm
-SUCCESS = [name for name in SCENARIOS if not name.startswith("fail-")]
+SUCCESS = [name for name in SCENARIOS if not name.startswith(("fail-", "verity-corrupt-"))]
 
 
 def booted(boots: dict[str, BootResult], name: str) -> BootResult:
@@ -33,7 +33,14 @@ def test_boot_reaches_init_on_an_erofs_backed_overlay(
     root, lower, boot = str(r["root"]).split(), str(r["lower"]).split(), str(r["boot"]).split()
     assert root[0] == "overlay" and "lowerdir=/run/initoverlayfs/lower" in root[2], why
     assert "upperdir=/run/initoverlayfs/upper" in root[2], why
-    assert lower[0] == "erofs" and re.fullmatch(r"/dev/loop\d+", lower[1]), why
+    # verified by default: EROFS is mounted from the dm-verity device over the loop device
+    unverified = "rd.initoverlayfs.verity=0" in scenario.append
+    device_pattern = r"/dev/loop\d+" if unverified else r"/dev/dm-\d+"
+    assert lower[0] == "erofs" and re.fullmatch(device_pattern, lower[1]), why
+    if not unverified:
+        assert "dm-verity: panic_on_corruption from here on (rd.emergency=poweroff)" in (
+            run.console) or "quiet" in scenario.append, why
+    assert r["canary"] is True, why
     assert "ro" in lower[2].split(","), why
     device = DEVICE_NAMES[scenario.interface]
     partition = f"{device}p2" if device.startswith("nvme") else f"{device}2"
@@ -59,7 +66,10 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     steps = [s["name"] for s in timings["steps"]]  # type: ignore[attr-defined]
     assert steps == ["mount-api", "log", "read-cmdline", "read-config", "load-modules",
                      "trigger", "wait-bootfs", "mount-bootfs", "mount-scratch", "attach-loop",
-                     "mount-image", "mount-overlay", "move-mounts", "switch-root"]
+                     "setup-verity", "mount-image", "mount-overlay", "move-mounts",
+                     "switch-root", "seal-verity"]
+    assert str(timings["image_device"]).startswith("/dev/dm-"), timings
+    assert {"dm_mod", "dm_bufio", "dm_verity"} <= set(timings["modules_loaded"])  # type: ignore[call-overload]
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
 
 
@@ -97,7 +107,9 @@ def test_debug_traces_every_syscall_on_the_console(boots: dict[str, BootResult])
     for pattern in (r"finit_module\('/lib/modules/.*/virtio_blk\.ko', '', 0\) = 0 \[",
                     r"mount\('/dev/vda2', '/boot', 'ext4', MS_RDONLY, None\) = 0 \[",
                     r"ioctl\(\d+, LOOP_CONFIGURE, <\d+ bytes>\) = ",
-                    r"mount\('/dev/loop\d+', '/run/initoverlayfs/lower', 'erofs', MS_RDONLY",
+                    r"ioctl\(\d+, DM_DEV_CREATE, <312 bytes>\) = ",
+                    r"ioctl\(\d+, DM_TABLE_LOAD, <\d+ bytes>\) = ",
+                    r"mount\('/dev/dm-\d+', '/run/initoverlayfs/lower', 'erofs', MS_RDONLY",
                     r"mount\('/initoverlayfs', '/', None, MS_MOVE, None\) = 0",
                     r"execve\('/sbin/init', \['/sbin/init'\]\)"):
         assert re.search("storage-init: " + pattern, console), (pattern, console)
@@ -133,6 +145,21 @@ FAILURES = {
                     r"file or directory\), /etc/init .*/bin/sh \(No such file or directory\)",
     "fail-bad-config": r"storage-init: read-config: Failed to parse /etc/initoverlayfs.conf: "
                        r"line 1 \(bootfs\)",
+    "fail-verity-flipped-block":
+        r"storage-init: setup-verity: Failed to verify /boot/flipped-[^ ]+\.img: dm-verity "
+        r"rejects it against the root hash [0-9a-f]{64} of /etc/initoverlayfs.conf: it is not "
+        r"the image this mini-initramfs was built with, or it is corrupted; check that "
+        r"/boot/flipped-[^ ]+\.img and the mini-initramfs come from the same "
+        r"initoverlayfs-install run for .* \(rerun it; rd.initoverlayfs.verity=0 boots this "
+        r"image unverified\)",
+    "fail-verity-other-build":
+        r"storage-init: setup-verity: Failed to verify /boot/other-build.img: it is not the "
+        r"image this mini-initramfs was built with: its hash tree is for \d+ blocks with salt "
+        r"[0-9a-f]{16}\.\.\., the config expects \d+ blocks with salt [0-9a-f]{16}\.\.\.; "
+        r"check that /boot/other-build.img and the mini-initramfs come from the same",
+    "fail-verity-no-tree":
+        r"storage-init: setup-verity: Failed to verify /boot/notree-[^ ]+\.img: it has no "
+        r"verity hash tree: it is \d+ bytes and the tree should start at byte \d+; check",
 }
 
 
@@ -145,6 +172,29 @@ def test_failure_names_the_cause_and_rd_emergency_poweroff_ends_the_vm(
     assert "reboot: Power down" in run.console
     assert "INITOVERLAYFS-RESULT" not in run.console
     assert "Kernel panic" not in run.console
+
+
+def test_verity_found_the_flipped_block_in_the_kernel_log(boots: dict[str, BootResult]) -> None:
+    console = boots["fail-verity-flipped-block"].console
+    assert re.search(r"device-mapper: verity: \d+:\d+: data block 0 is corrupted", console)
+
+
+@pytest.mark.parametrize(("name", "stop"), [
+    # rd.emergency=halt: the kernel panics with the reason (panic=1 then resets the VM)
+    ("verity-corrupt-halt", "Kernel panic - not syncing: dm-verity device corrupted"),
+    # rd.emergency=reboot: the kernel restarts at once, saying why
+    ("verity-corrupt-reboot", "reboot: Restarting system with command 'dm-verity device "
+                              "corrupted'"),
+])
+def test_a_corrupted_block_read_after_the_handover_stops_the_machine(
+        boots: dict[str, BootResult], name: str, stop: str) -> None:
+    run = boots[name]
+    assert run.returncode is not None, run.describe()  # QEMU ended: -no-reboot on the reset
+    assert "INITOVERLAYFS-INIT-STARTED" in run.console, run.describe()  # init ran, then read
+    assert re.search(r"device-mapper: verity: \d+:\d+: data block \d+ is corrupted",
+                     run.console), run.describe()
+    assert stop in run.console, run.describe()
+    assert "INITOVERLAYFS-RESULT" not in run.console, run.describe()
 
 
 def test_rd_shell_answers_over_the_serial_line(boots: dict[str, BootResult]) -> None:

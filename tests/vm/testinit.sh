@@ -21,6 +21,10 @@ while [ $i -lt 100 ]; do
     i=$((i + 1))
 done
 
+# every byte of a file that storage-init never read: a flipped one stops the machine here
+canary=false
+cat /etc/canary > /dev/null && canary=true
+
 writable=false
 echo "written at boot" > /written-by-init && [ "$(cat /written-by-init)" = "written at boot" ] \
     && writable=true
@@ -35,8 +39,9 @@ printf '"root": %s, "lower": %s, "boot": %s, "proc": %s, "sys": %s, "dev": %s, "
     "$(q "$(mount_of /)")" "$(q "$(mount_of /run/initoverlayfs/lower)")" \
     "$(q "$(mount_of /boot)")" "$(q "$(mount_of /proc)")" "$(q "$(mount_of /sys)")" \
     "$(q "$(mount_of /dev)")" "$(q "$(mount_of /run)")"
-printf '"writable": %s, "freed": %s, "shmem_kb": %s, "timings": %s, "marker": %s}\n' \
-    "$writable" "$freed" "$shmem_kb" "$timings" "$(q "$(cat /etc/marker)")"
+printf '"writable": %s, "freed": %s, "shmem_kb": %s, "timings": %s, "canary": %s, ' \
+    "$writable" "$freed" "$shmem_kb" "$timings" "$canary"
+printf '"marker": %s}\n' "$(q "$(cat /etc/marker)")"
 if $timings; then
     echo "INITOVERLAYFS-TIMINGS $(tr -d '\n' < /run/initoverlayfs/timings.json)"
 fi
