@@ -77,6 +77,7 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
         ("bootfstype", s.bootfstype or "(from the superblock)"),
         ("image", s.image_path), ("fstype", s.fstype), ("udev_trigger", " ".join(s.subsystems)),
         ("timeout", f"{s.timeout:g} s"), ("init", s.init or "/sbin/init"),
+        ("verity", f"root hash {s.verity.root_hash}" if s.verity else "off: unverified image"),
         ("debug", "on" if flag(params, DEBUG) else "off"),
         ("on failure", f"rd.shell={'yes' if policy.shell else 'no'}, "
                        f"rd.emergency={policy.action}"),
@@ -102,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
         "(rdinit=/init) it finds /boot, mounts the EROFS image from it under a tmpfs-backed "
         "overlay, switches root and executes init. Run by hand it can only show its plan.",
         epilog="Kernel command line: rd.initoverlayfs.bootfs= .bootfstype= .fs= .fstype= "
-        ".timeout= .init= .debug, init=, rd.shell, rd.emergency=reboot|poweroff|halt.",
+        ".timeout= .init= .debug .verity=0|1, init=, rd.shell, rd.emergency=reboot|poweroff|halt.",
     )
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved configuration and the plan of steps, then exit")
