@@ -47,7 +47,6 @@ class VerifiedDevice:
 
     control: int  # /dev/mapper/control, open: /dev moves away before the seal
     backing: str  # the loop device as major:minor, for the table
-    node: str
 
 
 @record

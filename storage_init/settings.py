@@ -20,6 +20,7 @@ DEFAULT_TIMEOUT = 30.0
 NEW_ROOT = "/initoverlayfs"
 SCRATCH = "/run/initoverlayfs"  # tmpfs for upper/work/lower; moves into the new root with /run
 IGNORED_SUBSYSTEM = "module"
+VERITY = "rd.initoverlayfs.verity"
 
 
 @record(frozen=True)
@@ -91,7 +92,7 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
     image = (checked("fs", parse_image_path, config.fs)
              or f"/initoverlayfs-{kver}.img").replace("$kver", kver)
     tree = verity_of(config)
-    wanted = flag(params, "rd.initoverlayfs.verity")
+    wanted = flag(params, VERITY)
     if wanted and tree is None:
         raise ConfigError("rd.initoverlayfs.verity=1 asks for a verified image, and the config "
                           "has no verity_roothash (the images were built with --no-verity)")

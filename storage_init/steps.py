@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from . import dm, loop, switchroot, udev, verity
 from .boot import Boot, VerifiedDevice
-from .cmdline import parse_cmdline
+from .cmdline import flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
 from .devices import Finder
 from .emergency import Policy
@@ -22,7 +22,7 @@ from .errors import BootError
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .modules import Loader
 from .record import record
-from .settings import resolve
+from .settings import VERITY, resolve
 
 RDINIT, SYSTEMD = "rdinit", "systemd"
 BOTH = frozenset({RDINIT, SYSTEMD})
@@ -188,12 +188,12 @@ def setup_verity(boot: Boot) -> None:
     boot.image_device = boot.loop_device
     tree = s.verity
     if tree is None:
-        if not any("verity=0" in w for w in s.warnings):  # that one said it already
+        if flag(boot.params, VERITY) is None:  # verity=0 had its warning in read-config
             log.info(f"{s.image_path} is not verified: the config has no verity_roothash "
                      "(built with --no-verity)")
         return
     image = s.image_path
-    rebuild = (f"that /boot{s.image} and the mini-initramfs come from the same "
+    rebuild = (f"that {image} and the mini-initramfs come from the same "
                f"initoverlayfs-install run for {s.kver} (rerun it; rd.initoverlayfs.verity=0 "
                "boots this image unverified)")
     with failing(f"read the verity superblock of {image}", rebuild):
@@ -207,17 +207,16 @@ def setup_verity(boot: Boot) -> None:
                  "that the kernel has device-mapper (CONFIG_BLK_DEV_DM, module dm-mod)"):
         control = kernel.open(f"{boot.paths.dev}/mapper/control", os.O_RDWR)
     try:
-        boot.verified = _map_verity(boot, tree, control, rebuild)
+        boot.image_device = _map_verity(boot, tree, control, rebuild)
     except BaseException:
         kernel.close(control)
         raise
-    boot.image_device = boot.verified.node
     log.info(f"{image} is verified by dm-verity as {boot.image_device} "
              f"(root hash {tree.root_hash[:16]}...)")
 
 
-def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str
-                ) -> VerifiedDevice:
+def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str) -> str:
+    """The dm-verity device's node, its first block read; boot.verified set for the seal."""
     kernel, image = boot.kernel, boot.need_settings().image_path
     assert boot.loop_device is not None
     rdev = kernel.stat(boot.loop_device).st_rdev
@@ -253,13 +252,14 @@ def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str
         except OSError:
             pass
         raise
-    return VerifiedDevice(control, backing, node)
+    boot.verified = VerifiedDevice(control, backing)
+    return node
 
 
 def mount_image(boot: Boot) -> None:
     s = boot.need_settings()
     lower = f"{boot.paths.scratch}/lower"
-    device = boot.image_device or boot.loop_device
+    device = boot.image_device  # set by setup-verity: the dm-verity or the loop device
     with failing(f"mount {s.image_path} ({device}) as {s.fstype} on {lower}",
                  f"that {s.image_path} is a filesystem image of type {s.fstype} "
                  "(rerun initoverlayfs-install), "

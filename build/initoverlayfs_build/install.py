@@ -110,7 +110,6 @@ class Result:
     image_size: int
     modules: tuple[str, ...]
     seconds: float
-    verity: verity.Verity | None = None
 
 
 VERITY_MODULE = "dm-verity"  # with dm-mod and dm-bufio, through modules.dep
@@ -313,8 +312,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                                          config_text.encode())
             ui.info(f"wrote {sysroot / 'etc/initoverlayfs.conf'} from /etc/fstab")
         return Result(boot_dir / names[0], boot_dir / names[1], len(initramfs_bytes),
-                      image.stat().st_size, selection.modules, time.monotonic() - started,
-                      tree_info)
+                      image.stat().st_size, selection.modules, time.monotonic() - started)
 
 
 def cpio_mini_initramfs(ui: Ui, method: str, frozen: Path, module_files: dict[str, bytes],

@@ -6,8 +6,8 @@ never be out of step with each other; the root hash goes into the mini-initramfs
 which the bootloader loads (and Secure Boot can sign) with the kernel.
 
 The layout is the kernel's format version 1 with sha256 and 4 KiB blocks, as `veritysetup
-format --hash-offset=<data bytes> image image` writes it (tests/integration checks that
-byte for byte): data blocks | superblock block | top level | ... | level 0. Each digest is
+format --hash-offset=<data bytes> image image` writes it (tests/unit/test_verity.py checks
+that byte for byte): data blocks | superblock block | top level | ... | level 0. Each digest is
 sha256(salt + block); a level is padded with zero bytes to whole blocks.
 """
 

@@ -221,9 +221,16 @@ def test_verity_off_on_purpose_mounts_the_loop_device(machine: Machine, tmp_path
     m, _ = verified_machine(machine, tmp_path, "rd.initoverlayfs.verity=0")
     assert isinstance(m.boot(), Executed)
     assert "mounted WITHOUT verification, on purpose" in m.kmsg()
+    assert "the config has no verity_roothash" not in m.kmsg()  # one line says it, not two
     assert ("mount", "/dev/loop0", "/run/initoverlayfs/lower", "erofs", "MS_RDONLY",
             None) in m.k.calls
     assert not m.k.dm_devices
+
+
+def test_an_unverified_build_says_so_and_maps_nothing(machine: Machine) -> None:
+    assert isinstance(machine.boot(), Executed)  # the standard machine: no verity_ keys
+    assert f"/boot{IMAGE} is not verified: the config has no verity_roothash" in machine.kmsg()
+    assert not machine.k.dm_devices
 
 
 def test_a_failed_seal_warns_and_boots(machine: Machine, tmp_path: Path) -> None:
