@@ -203,6 +203,12 @@ class Boot:
         self.log.error(f"{step}: {message}")
         if not self.finished:  # exec-init fails after finish() printed it: one line per run
             self.log.info(self.summary())
-        if self.mode != "rdinit":
-            raise SystemExit(1)  # a service: systemd's OnFailure= takes over
-        emergency(self.kernel, self.log, Policy.from_params(self.params), self.env)
+        policy = Policy.from_params(self.params)
+        if self.mode != "rdinit" and policy.shell:
+            # a service: OnFailure=emergency.target gives systemd's emergency shell
+            raise SystemExit(1)
+        # Without rd.shell a service applies rd.emergency= itself, as PID 1 would: the
+        # mini-initramfs's emergency.target may have no shell, and then it waits forever with
+        # nothing on the console. Nothing here is written (the bootfs is read-only), so the
+        # reboot(2) loses nothing that an orderly shutdown would save.
+        emergency(self.kernel, self.log, policy, self.env)

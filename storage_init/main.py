@@ -109,7 +109,8 @@ def parser() -> argparse.ArgumentParser:
                    help="print the resolved configuration and the plan of steps, then exit")
     p.add_argument("--systemd", action="store_true",
                    help="run as a systemd service in the mini-initramfs (udevd already up): "
-                   "the same steps without the early mounts, switch root and exec")
+                   "the same steps without the early mounts, switch root and exec; on a failure "
+                   "rd.emergency= as PID 1 would, or with rd.shell an exit for OnFailure=")
     p.add_argument("--config", default=Paths.config, metavar="PATH",
                    help="config file (default: %(default)s)")
     p.add_argument("--cmdline", metavar="TEXT",

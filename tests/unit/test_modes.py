@@ -6,12 +6,14 @@ import json
 
 import pytest
 
+from storage_init import kernel as real
 from storage_init.boot import Boot, Paths
 from storage_init.log import Log
 from storage_init.main import dry_run, main
 from storage_init.steps import SYSTEMD, steps_for
 
 from .conftest import BOOT_UUID, Machine
+from .fakekernel import Rebooted
 
 
 def systemd_boot(m: Machine) -> Boot:
@@ -54,14 +56,28 @@ def test_rdinit_mode_triggers_and_loads_the_drivers_itself(machine: Machine) -> 
     assert "virtio_pci.ko" in loaded and "virtio_blk.ko" in loaded, loaded
 
 
-def test_systemd_mode_failure_exits_nonzero_for_onfailure(machine: Machine) -> None:
+def test_systemd_mode_failure_with_rd_shell_exits_nonzero_for_onfailure(
+        machine: Machine) -> None:
     machine.k.pid = 412
+    machine.cmdline("console=ttyS0 rd.shell")
     machine.k.filesystems["/dev/vda1"] = {}
     with pytest.raises(SystemExit) as info:
         systemd_boot(machine)
     assert info.value.code == 1
     assert not machine.k.recorded("reboot")
     assert "Failed to find the image" in machine.direct()
+
+
+def test_systemd_mode_failure_applies_rd_emergency_itself(machine: Machine) -> None:
+    """No silent hang in an emergency.target without a shell: the policy, as in rdinit."""
+    machine.k.pid = 412
+    machine.cmdline("console=ttyS0 rd.emergency=poweroff")
+    machine.k.filesystems["/dev/vda1"] = {}
+    with pytest.raises(Rebooted):
+        systemd_boot(machine)
+    assert machine.k.recorded("reboot") == [("reboot", real.RB_POWER_OFF)]
+    assert "Failed to find the image" in machine.direct()
+    assert "rd.emergency=poweroff: poweroff now" in machine.console()
 
 
 def test_dry_run_prints_settings_and_plan_and_touches_nothing(
