@@ -18,6 +18,7 @@ from .kernel import DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_TABLE_LOAD
 CONTROL = "/dev/mapper/control"
 VERSION = (4, 0, 0)  # the kernel accepts any minor up to its own under major 4
 DM_READONLY_FLAG = 1 << 0
+DM_DEFERRED_REMOVE = 1 << 17
 # struct dm_ioctl: version[3], data_size, data_start, target_count, open_count, flags,
 # event_nr, padding, dev, name[128], uuid[129], data[7]: 312 bytes.
 HEADER = struct.Struct("=3IIIIiIIIQ128s129s7x")
@@ -71,5 +72,7 @@ def resume(kernel: _Kernel, control: int, name: str) -> None:
     kernel.ioctl(control, DM_DEV_SUSPEND, header(name))
 
 
-def remove(kernel: _Kernel, control: int, name: str) -> None:
-    kernel.ioctl(control, DM_DEV_REMOVE, header(name))
+def remove(kernel: _Kernel, control: int, name: str, *, deferred: bool = False) -> None:
+    """Remove the device; deferred: now if nothing holds it open, else at its last close."""
+    kernel.ioctl(control, DM_DEV_REMOVE,
+                 header(name, flags=DM_DEFERRED_REMOVE if deferred else 0))

@@ -316,6 +316,15 @@ def seal_verity(boot: Boot) -> None:
         # not a reason to stop: the table in place already refuses every corrupted block
         boot.log.warning(f"cannot switch dm-verity to {option} ({exc.strerror}); a corrupted "
                          "block stays an I/O error for whoever reads it")
+    try:
+        # Gone with the image's last user (initoverlayfs-release.service's unmount): it holds
+        # the loop device, the loop device the image, the image the read-only mount of the
+        # bootfs, and while that lives the real root cannot mount /boot read-write.
+        dm.remove(boot.kernel, verified.control, verity.DM_NAME, deferred=True)
+    except OSError as exc:
+        boot.log.warning(f"cannot schedule the removal of /dev/mapper/{verity.DM_NAME} "
+                         f"({exc.strerror}); /boot stays held read-only until `dmsetup remove "
+                         f"{verity.DM_NAME}` after /run/initoverlayfs is unmounted")
     finally:
         boot.kernel.close(verified.control)
         boot.verified = None

@@ -284,6 +284,8 @@ class FakeKernel:
             major, minor = (int(n) for n in params.split()[1].split(":"))
             data = self.files[f"/dev/loop{minor}"] if major == LOOP_MAJOR else b""
             self.add_file(f"/dev/dm-{device[0]}", data[:sectors * 512])
+        elif request == DM_DEV_REMOVE and fields[7] & dm.DM_DEFERRED_REMOVE:
+            self.calls.append(("dm-remove", name, "deferred"))  # mounted: kept till unmounted
         elif request == DM_DEV_REMOVE:
             del self.dm_devices[name]
             self.files.pop(f"/dev/dm-{device[0]}", None)

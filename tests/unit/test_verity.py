@@ -57,6 +57,22 @@ def test_table_load_has_one_read_only_target_and_its_parameters() -> None:
     assert following == 40 + len(text)  # where a next spec would start, 8-aligned
 
 
+def test_deferred_remove_sets_the_kernels_flag() -> None:
+    sent: list[tuple[int, bytes]] = []
+
+    class Control:
+        def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes:
+            assert isinstance(arg, bytes)
+            sent.append((request, arg))
+            return arg
+
+    dm.remove(Control(), 3, "initoverlayfs", deferred=True)
+    dm.remove(Control(), 3, "initoverlayfs")
+    flags = [struct.unpack_from("=I", arg, 28)[0] for _, arg in sent]
+    assert flags == [1 << 17, 0]  # DM_DEFERRED_REMOVE in include/uapi/linux/dm-ioctl.h
+    assert {request for request, _ in sent} == {kernel.DM_DEV_REMOVE}
+
+
 def test_device_number_reads_the_kernels_encoding() -> None:
     reply = bytearray(dm.header("x"))
     struct.pack_into("=Q", reply, 40, (254 << 8) | 3)  # huge_encode_dev(MKDEV(254, 3))
@@ -146,7 +162,7 @@ def verified_machine(machine: Machine, tmp_path: Path, cmdline: str = "console=t
 
 
 def dm_calls(m: Machine) -> list[tuple[object, ...]]:
-    return [c for c in m.k.calls if c[0] == "dm-table" or (
+    return [c for c in m.k.calls if c[0] in ("dm-table", "dm-remove") or (
         c[0] == "ioctl" and str(c[2]).startswith("DM_")) or (c[0] == "mount" and c[3] == "erofs")]
 
 
@@ -164,6 +180,9 @@ def test_verified_boot_maps_mounts_and_seals(machine: Machine, tmp_path: Path) -
         ("ioctl", "/dev/mapper/control", "DM_TABLE_LOAD"),
         ("dm-table", "initoverlayfs", "verity", 24, table + " 1 restart_on_corruption"),
         ("ioctl", "/dev/mapper/control", "DM_DEV_SUSPEND"),
+        # and removed when the image is unmounted, so /boot can be mounted read-write
+        ("ioctl", "/dev/mapper/control", "DM_DEV_REMOVE"),
+        ("dm-remove", "initoverlayfs", "deferred"),
     ]
     loaded = [c[1].rsplit("/", 1)[1] for c in m.k.recorded("finit_module")]
     assert loaded[-3:] == ["dm-mod.ko", "dm-bufio.ko", "dm-verity.ko"]
@@ -238,6 +257,14 @@ def test_a_failed_seal_warns_and_boots(machine: Machine, tmp_path: Path) -> None
     m.k.errors[("ioctl", "DM_TABLE_LOAD")] = [0, errno.ENOMEM]
     assert isinstance(m.boot(), Executed)
     assert "cannot switch dm-verity to restart_on_corruption (Cannot allocate memory)" \
+           in m.kmsg()
+
+
+def test_a_refused_deferred_removal_warns_and_boots(machine: Machine, tmp_path: Path) -> None:
+    m, _ = verified_machine(machine, tmp_path)
+    m.k.errors[("ioctl", "DM_DEV_REMOVE")] = [errno.EINVAL]
+    assert isinstance(m.boot(), Executed)
+    assert "cannot schedule the removal of /dev/mapper/initoverlayfs (Invalid argument)" \
            in m.kmsg()
 
 

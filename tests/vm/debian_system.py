@@ -25,6 +25,7 @@ BASE = ("systemd", "systemd-sysv", "udev", "e2fsprogs", "kmod")
 EXTRA = ("dracut", "linux-image-amd64", "erofs-utils", "zstd", "python3")
 ROOT_UUID = "3c8e9a5f-1b2d-4e6f-8a7b-9c0d1e2f3a4b"
 BOOT_UUID = "7d4b2e1a-6c5f-4a3b-9e8d-0f1a2b3c4d5e"
+SYSTEMD_IMAGE = "initoverlayfs-systemd-mode.img"  # on /boot, next to the plugin's image
 REPORT = "/usr/local/sbin/initoverlayfs-test-report"
 REPORT_SCRIPT = r"""#!/bin/sh
 # What the test checks, once the system is up: then power off.
@@ -148,8 +149,11 @@ def prepare(work: Path, package: Path) -> System:
                         f"--from-initramfs /boot/initrd.img-{kver}")
     images["systemd"] = Path(shutil.copy(root / "boot" / f"initramfs-{kver}.img",
                                          keep / "initramfs-systemd.img"))
-    # rdinit mode through the kernel-install plugin, as on every kernel update; its EROFS
-    # image (from its own dracut run) replaces the one above and is what both modes boot
+    # Its EROFS image stays on /boot under another name: the plugin's build below replaces
+    # initoverlayfs-KVER.img, and this mini-initramfs's verity root hash is for its own image
+    # (dm-verity refuses any other). The systemd-mode boots name it with rd.initoverlayfs.fs=.
+    shutil.copy(root / "boot" / f"initoverlayfs-{kver}.img", root / "boot" / SYSTEMD_IMAGE)
+    # rdinit mode through the kernel-install plugin, as on every kernel update
     plugin = chroot(root, f"kernel-install add {kver} /boot/vmlinuz-{kver}")
     images["rdinit"] = Path(shutil.copy(root / "boot" / f"initramfs-{kver}.img",
                                         keep / "initramfs-rdinit.img"))
