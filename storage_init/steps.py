@@ -382,7 +382,7 @@ STEPS = (
          frozenset({RDINIT})),
     Step("seal-verity", seal_verity,
          "reload dm-verity with restart_on_corruption (rd.emergency=reboot) or "
-         "panic_on_corruption", "the kernel log"),
+         "panic_on_corruption; remove it once the image is unmounted", "the kernel log"),
     Step("exec-init", exec_init, "exec {init} with the original arguments",
          "rd.initoverlayfs.init= or init=", frozenset({RDINIT})),
 )
