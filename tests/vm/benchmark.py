@@ -1,4 +1,4 @@
-"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted three
+"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted four
 ways under QEMU, interleaved, so that drift hits every path alike.
 
 - classic-zstd: one initramfs (zstd -15 as dracut makes it) holding the payload and the final
