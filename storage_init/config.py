@@ -8,6 +8,7 @@ program does not know is a warning naming the line; a known key with an unusable
 from __future__ import annotations
 
 from .devspec import DeviceSpec, SpecError, parse_spec
+from .netconf import IpConfig, parse_ip
 from .record import field, record
 from .verity import DIGEST, parse_hex
 
@@ -37,6 +38,7 @@ class Config:
     fs: str | None = None
     fstype: str | None = None
     udev_trigger: tuple[str, ...] | None = None
+    ip: IpConfig | None = None  # the link to bring up for a bootfs on the network
     # written by initoverlayfs-install for each build (storage_init/verity.py)
     verity_roothash: str | None = None
     verity_salt: str | None = None
@@ -117,6 +119,7 @@ _PARSERS = {
     "fs": parse_image_path,
     "fstype": parse_fstype,
     "udev_trigger": parse_subsystems,
+    "ip": parse_ip,
     "verity_roothash": lambda v: parse_hex(v, "the root hash", 2 * DIGEST),
     "verity_salt": lambda v: parse_hex(v, "the salt"),
     "verity_data_blocks": _count,

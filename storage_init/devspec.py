@@ -1,7 +1,9 @@
-"""Device specs as fstab writes them: UUID=, LABEL=, PARTUUID=, PARTLABEL= or a /dev path."""
+"""Device specs as fstab writes them: UUID=, LABEL=, PARTUUID=, PARTLABEL= or a /dev path;
+and for a bootfs on the network, an NBD export `nbd:<host>[:<port>]/<export>` (netconf)."""
 
 from __future__ import annotations
 
+from .netconf import NbdTarget, parse_nbd
 from .record import record
 
 KINDS = ("UUID", "LABEL", "PARTUUID", "PARTLABEL")
@@ -21,11 +23,18 @@ class SpecError(ValueError):
 
 @record(frozen=True)
 class DeviceSpec:
-    kind: str  # one of KINDS, or "PATH"
+    kind: str  # one of KINDS, "PATH", or "NBD" (value: host:port/export)
     value: str
 
     def __str__(self) -> str:
+        if self.kind == "NBD":
+            return f"nbd:{self.value}"
         return self.value if self.kind == "PATH" else f"{self.kind}={self.value}"
+
+    @property
+    def nbd(self) -> NbdTarget | None:
+        """The export when this bootfs is on the network, else None."""
+        return parse_nbd(self.value) if self.kind == "NBD" else None
 
     def matches(self, uuid: str | None, label: str | None, partuuid: str | None,
                 partlabel: str | None) -> bool:
@@ -42,7 +51,7 @@ class DeviceSpec:
 
     def udev_link(self, dev: str = "/dev") -> str | None:
         """The /dev/disk/by-* symlink udevd would make for this spec (systemd mode)."""
-        if self.kind == "PATH":
+        if self.kind in ("PATH", "NBD"):
             return None
         value = self.value.lower() if self.kind in ("UUID", "PARTUUID") else self.value
         return f"{dev}/disk/{_BY_DIR[self.kind]}/{udev_encode(value)}"
@@ -57,6 +66,12 @@ def udev_encode(name: str) -> str:
 
 def parse_spec(text: str) -> DeviceSpec:
     text = text.strip()
+    if text.startswith("nbd:"):
+        try:
+            target = parse_nbd(text)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        return DeviceSpec("NBD", str(target).removeprefix("nbd:"))
     if text.startswith("/dev/") and len(text) > len("/dev/"):
         return DeviceSpec("PATH", text)
     kind, eq, value = text.partition("=")
@@ -65,5 +80,6 @@ def parse_spec(text: str) -> DeviceSpec:
         if value:
             return DeviceSpec(kind.upper(), value)
     raise SpecError(
-        f"{text!r} is not a device: use UUID=, LABEL=, PARTUUID=, PARTLABEL= or a /dev path"
+        f"{text!r} is not a device: use UUID=, LABEL=, PARTUUID=, PARTLABEL=, a /dev path "
+        "or nbd:<host>[:<port>]/<export>"
     )

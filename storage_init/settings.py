@@ -13,6 +13,7 @@ from .cmdline import Param, flag, last_value
 from .config import Config, ConfigError, parse_fstype, parse_image_path
 from .devspec import DeviceSpec, SpecError, parse_spec
 from .emergency import ACTIONS
+from .netconf import STATIC_FORM, IpConfig, parse_ip
 from .record import record
 from .verity import BLOCK, Verity
 
@@ -35,6 +36,7 @@ class Settings:
     init: str | None
     kver: str
     verity: Verity | None = None  # None: the image is mounted unverified
+    network: IpConfig | None = None  # set only for a bootfs on the network (nbd:)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -88,6 +90,24 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         warnings.append(f"rd.emergency={emergency!r} is not one of {', '.join(ACTIONS)}"
                         "; using reboot")
 
+    network = config.ip
+    if (value := last_value(params, "ip")) is not None:
+        try:
+            network = parse_ip(value)
+        except ValueError as exc:
+            if bootfs.kind == "NBD":
+                raise ConfigError(str(exc)) from None
+            warnings.append(f"{exc}; ignored, the bootfs {bootfs} is not on the network")
+            network = None
+    if bootfs.kind == "NBD" and network is None:
+        raise ConfigError(f"the bootfs {bootfs} is on the network: say which link to bring up "
+                          f"with {STATIC_FORM} (on the kernel command line or as `ip` in "
+                          "/etc/initoverlayfs.conf)")
+    if bootfs.kind != "NBD" and network is not None:
+        # a local bootfs never waits for a link: the network is the real root's business
+        warnings.append(f"ip= ({network}) is ignored: the bootfs {bootfs} is local")
+        network = None
+
     init = arg("init") or last_value(params, "init") or None
     image = (checked("fs", parse_image_path, config.fs)
              or f"/initoverlayfs-{kver}.img").replace("$kver", kver)
@@ -116,6 +136,7 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         init=init,
         kver=kver,
         verity=tree,
+        network=network,
         warnings=tuple(warnings),
     )
 
