@@ -440,6 +440,68 @@ class Kernel:
             return b""
         return data
 
+    # --- network (only for a bootfs on the network: storage_init/network.py) -------------
+
+    def netlink_open(self, protocol: int, groups: int = 0) -> _socket.socket:
+        """A netlink socket (NETLINK_ROUTE, NETLINK_GENERIC), bound to these multicast groups."""
+        def open_() -> _socket.socket:
+            sock = _socket.socket(_socket.AF_NETLINK,
+                                  _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
+            sock.bind((0, groups))
+            return sock
+        return self._os_call(f"socket(AF_NETLINK, {protocol}) groups {groups:#x}", None,
+                             open_)  # type: ignore[return-value]
+
+    def netlink_send(self, sock: _socket.socket, data: bytes) -> None:
+        self._os_call(f"netlink send ({len(data)} bytes)", None, lambda: sock.send(data))
+
+    def netlink_recv(self, sock: _socket.socket, timeout: float) -> bytes | None:
+        """One datagram (one or more netlink messages), or None after `timeout` seconds."""
+        ready, _, _ = select.select([sock], [], [], max(timeout, 0.0))
+        if not ready:
+            return None
+        return self._os_call("netlink recv", None,
+                             lambda: sock.recv(1 << 16))  # type: ignore[return-value]
+
+    def tcp_connect(self, host: str, port: int, timeout: float) -> _socket.socket:
+        """A TCP connection to an IPv4 address; OSError names host:port."""
+        where = f"{host}:{port}"
+
+        def connect() -> _socket.socket:
+            sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+            try:
+                sock.settimeout(max(timeout, 0.001))
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+                sock.connect((host, port))
+            except _socket.timeout:
+                sock.close()
+                raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT), where) from None
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        return self._os_call(f"connect({where})", where, connect)  # type: ignore[return-value]
+
+    def sock_send(self, sock: _socket.socket, data: bytes) -> None:
+        self._os_call(f"send ({len(data)} bytes)", None, lambda: sock.sendall(data))
+
+    def sock_recv(self, sock: _socket.socket, length: int) -> bytes:
+        """Exactly `length` bytes; EOFError when the peer closes first."""
+        def recv() -> bytes:
+            chunks, missing = [], length
+            while missing:
+                try:
+                    chunk = sock.recv(missing)
+                except _socket.timeout:
+                    raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
+                if not chunk:
+                    raise EOFError(f"the peer closed the connection after "
+                                   f"{length - missing} of {length} bytes")
+                chunks.append(chunk)
+                missing -= len(chunk)
+            return b"".join(chunks)
+        return self._os_call(f"recv ({length} bytes)", None, recv)  # type: ignore[return-value]
+
     # --- udev -----------------------------------------------------------------------------
 
     def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
