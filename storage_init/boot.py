@@ -160,6 +160,7 @@ class Boot:
 
     def plan_values(self) -> dict[str, object]:
         s = self.settings
+        hint = (s.bootfs_hint if s else None) or "none"
         return {
             "cmdline": self.paths.cmdline, "config": self.paths.config,
             "modules": f"{self.paths.modules[0]}/{self.kernel.uname_release()}",
@@ -169,11 +170,22 @@ class Boot:
             "fstype": s.fstype if s else "erofs",
             "subsystems": " ".join(s.subsystems) if s else "?",
             "timeout": s.timeout if s else 30.0, "bootfs": s.bootfs if s else "?",
-            "hint": (s.bootfs_hint if s else None) or "none",
+            "hint": hint,
             "bootfstype": (s.bootfstype or "probed type") if s else "?",
             "image": s.image if s else "?",
             "verity": (f"root hash {s.verity.root_hash[:16]}..." if s.verity else
                        "off (no verity_roothash, or rd.initoverlayfs.verity=0)") if s else "?",
+            "network": (f"wait up to {s.timeout:g} s for {s.network.interface}, set it up, "
+                        f"wait for carrier, add {s.network.address}/{s.network.prefix}"
+                        + (f" and the default route via {s.network.gateway}"
+                           if s.network.gateway else "") + " (rtnetlink, pyroute2)"
+                        if s and s.network else "nothing: the bootfs is local (ip= is for an "
+                        "nbd: bootfs)"),
+            "wait_bootfs": (f"load nbd; negotiate {s.bootfs} over TCP; hand it to the kernel "
+                            "(NBD_CMD_CONNECT); probe the nbd device" if s and s.bootfs.nbd
+                            else f"wait up to {s.timeout if s else 30.0:g} s for "
+                            f"{s.bootfs if s else '?'} (hint: {hint}), "
+                            "loading drivers by modalias (--systemd: udevd does)"),
             "init": " then ".join(filter(None, (s.init if s else None, "/sbin/init"))),
         }
 

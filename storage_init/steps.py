@@ -128,20 +128,49 @@ def trigger(boot: Boot) -> None:
     boot.log.info(f"triggered {count} devices in {', '.join(s.subsystems)}")
 
 
+def _retrigger(boot: Boot) -> None:
+    """After lost uevents; in --systemd mode udevd saw them, a rescan is enough."""
+    if boot.mode == RDINIT:
+        udev.trigger(boot.kernel, boot.log, boot.need_settings().subsystems, boot.paths.sysfs)
+
+
+def bring_up_network(boot: Boot) -> None:
+    s = boot.need_settings()
+    if s.network is None:
+        return  # a local bootfs: nothing of the network is imported or touched
+    from . import network  # and with it pyroute2: only for a bootfs on the network
+
+    assert boot.loader is not None and boot.uevents is not None
+    deadline = boot.kernel.monotonic() + s.timeout
+    index = network.wait_interface(boot.kernel, boot.log, boot.loader, boot.uevents,
+                                   s.network.interface, boot.paths.sysfs, deadline,
+                                   boot.mode == RDINIT, lambda: _retrigger(boot))
+    network.bring_up(boot.kernel, boot.log, s.network, index, deadline)
+
+
 def wait_bootfs(boot: Boot) -> None:
     s = boot.need_settings()
     assert boot.loader is not None and boot.uevents is not None
     rdinit = boot.mode == RDINIT
+    target = s.bootfs.nbd
+    if target is not None:
+        from . import network
+
+        name = network.connect_nbd(boot.kernel, boot.log, boot.loader, target,
+                                   boot.kernel.monotonic() + s.timeout)
+        finder = Finder(boot.kernel, boot.log, boot.loader, s.bootfs, boot.paths.sysfs,
+                        boot.paths.dev, load_drivers=False)
+        boot.bootfs = finder.probe(name, name)
+        boot.log.info(f"bootfs {s.bootfs} is {boot.bootfs.describe()}")
+        boot.uevents.close()
+        boot.uevents = None
+        return
     # In --systemd mode udevd loads the drivers for each uevent's MODALIAS; resolving them
     # here too would be the same work twice, on every device of the coldplug.
     finder = Finder(boot.kernel, boot.log, boot.loader, s.bootfs, boot.paths.sysfs,
                     boot.paths.dev, load_drivers=rdinit)
 
-    def retrigger() -> None:  # after lost uevents; in --systemd mode a rescan is enough
-        if rdinit:
-            udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
-
-    boot.bootfs = finder.wait(boot.uevents, s.timeout, s.bootfs_hint, retrigger)
+    boot.bootfs = finder.wait(boot.uevents, s.timeout, s.bootfs_hint, lambda: _retrigger(boot))
     boot.uevents.close()
     boot.uevents = None
 
@@ -358,10 +387,10 @@ STEPS = (
     Step("trigger", trigger,
          "open the uevent socket; trigger add for {subsystems} (--systemd: udevd did)",
          "udev_trigger in {config}"),
+    Step("bring-up-network", bring_up_network,
+         "{network}", "ip= on the kernel command line or ip in {config}"),
     Step("wait-bootfs", wait_bootfs,
-         "wait up to {timeout:g} s for {bootfs} (hint: {hint}), loading drivers by modalias "
-         "(--systemd: udevd does)",
-         "bootfs in {config} or rd.initoverlayfs.bootfs="),
+         "{wait_bootfs}", "bootfs in {config} or rd.initoverlayfs.bootfs="),
     Step("mount-bootfs", mount_bootfs, "mount {bootfs} read-only on /boot as {bootfstype}",
          "bootfstype in {config} or rd.initoverlayfs.bootfstype="),
     Step("mount-scratch", mount_scratch, "mount tmpfs on {scratch} for upper/work/lower",

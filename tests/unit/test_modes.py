@@ -87,7 +87,7 @@ def test_dry_run_prints_settings_and_plan_and_touches_nothing(
     out = capsys.readouterr().out
     assert rc == 0
     assert f"bootfs        UUID={BOOT_UUID}" in out and "timeout       7 s" in out
-    assert " 1. mount-api" in out and "17. exec-init" in out
+    assert " 1. mount-api" in out and "18. exec-init" in out
     assert machine.k.calls == []
 
 
