@@ -22,6 +22,9 @@ Why these Nuitka options (measured on this project, see DESIGN.md):
   binary as bytecode, not C: a faster start and a smaller binary (see that file);
 - nofollow for stdlib parts storage-init never imports at run time (hashing, decimal, pickle,
   codecs tables...): every module left out is start time and initramfs bytes saved.
+With --network (a bootfs on NBD) a second folder is frozen that also holds pyroute2's netlink
+message classes (NETWORK_MODULES) and the stdlib they import; pyroute2's package `__init__` and
+everything else of it stays out. The local-disk freeze is unchanged by it, byte for byte.
 After Nuitka, the extension modules lose their debug info (Nuitka copies them from the
 interpreter as they are: 1.6 MB with it, 0.56 MB without), and the unused ones are deleted.
 pyudev is kept (the targeted trigger) and libudev.so.1, which it loads by soname at run time
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -54,7 +58,9 @@ BINARY = "storage-init"
 INSPECT_SOURCE = Path(__file__).with_name("frozen_inspect.py")
 BYTECODE_PLUGIN = Path(__file__).with_name("nuitka_bytecode.py")
 STAMP = ".initoverlayfs-freeze"
+NETWORK_MARK = ".initoverlayfs-network"  # in a folder frozen with --network
 INSTALLED = Path("/usr/lib/initoverlayfs/storage-init")
+INSTALLED_NETWORK = Path("/usr/lib/initoverlayfs/storage-init-network")
 RUNTIME_LIBRARIES = ("libudev.so.1",)  # dlopen()ed by pyudev through ctypes
 NOT_NEEDED = (
     # hashing and crypto (libcrypto alone is 4.8 MB)
@@ -93,6 +99,32 @@ NOT_NEEDED = (
 )
 
 
+# pyroute2 for a bootfs on the network (storage_init/rtnl.py imports these and nothing else of
+# it), and the modules of NOT_NEEDED that they import: pyroute2.config imports multiprocessing
+# and platform, ifinfmsg pkgutil (for its plugins), pyroute2.common typing and threading.
+NETWORK_MODULES = ("pyroute2.common", "pyroute2.config", "pyroute2.netlink",
+                   "pyroute2.netlink.exceptions", "pyroute2.netlink.rtnl",
+                   "pyroute2.netlink.rtnl.ifaddrmsg", "pyroute2.netlink.rtnl.rtmsg",
+                   "pyroute2.netlink.rtnl.iw_event")
+NETWORK_PACKAGES = ("pyroute2.netlink.rtnl.ifinfmsg",)  # with its plugins
+NETWORK_NEEDS = frozenset({
+    "_blake2", "_bz2", "_compat_pickle", "_csv", "_hashlib", "_lzma", "_pickle", "base64",
+    "bz2", "calendar", "csv", "dataclasses", "datetime", "email", "glob", "hashlib",
+    "importlib.metadata", "importlib.resources", "ipaddress", "lzma", "multiprocessing",
+    "pathlib", "pickle", "pkgutil", "platform", "quopri", "random", "shlex", "subprocess",
+    "sysconfig", "tempfile", "threading", "typing", "urllib", "zipfile"})
+NETWORK_EXTENSIONS = frozenset({"_datetime.so", "_opcode.so", "_random.so", "_sha512.so",
+                                "_typing.so", "binascii.so", "zlib.so"})
+
+
+def not_needed(network: bool) -> tuple[str, ...]:
+    return tuple(m for m in NOT_NEEDED if not network or m not in NETWORK_NEEDS)
+
+
+def unused_extensions(network: bool) -> tuple[str, ...]:
+    return tuple(e for e in UNUSED_EXTENSIONS if not network or e not in NETWORK_EXTENSIONS)
+
+
 # Extension modules Nuitka ships that storage-init never loads (tests/unit/test_start_cost.py
 # checks a boot's imports against this list). Nuitka counts every `encodings` submodule as
 # needed at startup and ships the CJK codecs' modules; they load only to encode or decode CJK
@@ -112,10 +144,14 @@ class Frozen:
     seconds: float  # 0.0 when reused
 
 
-def source_key(python: str = sys.executable) -> str:
+def source_key(python: str = sys.executable, network: bool = False) -> str:
     """A hash of everything that changes the frozen result: storage-init's sources, the
-    Python version, Nuitka's version and this file's options."""
+    Python version, Nuitka's version (and pyroute2's, with --network) and this file's options."""
     digest = hashlib.sha256()
+    if network:
+        digest.update(b"network\0")
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            digest.update(metadata.version("pyroute2").encode())
     package = Path(storage_init.__file__).parent
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
@@ -148,14 +184,18 @@ def link_environment() -> dict[str, str]:
 
 
 def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
-                   config: Path) -> list[str]:
+                   config: Path, network: bool = False) -> list[str]:
     static = "yes" if _has_static_libpython() else "no"
+    # pyroute2's own package is left out (nofollow) except the modules named here
+    extra = [f"--include-module={','.join(NETWORK_MODULES)}",
+             f"--include-package={','.join(NETWORK_PACKAGES)}"] if network else []
+    nofollow = [*not_needed(network), *(["pyroute2"] if network else [])]
     return [
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
         python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",
         "--experimental=force-unix-binary-name", "--python-flag=no_site",
         "--python-flag=static_hashes", "--python-flag=no_docstrings", "--lto=yes",
-        "--include-package=pyudev", f"--nofollow-import-to={','.join(NOT_NEEDED)}",
+        "--include-package=pyudev", *extra, f"--nofollow-import-to={','.join(nofollow)}",
         f"--user-package-configuration-file={config}", f"--user-plugin={BYTECODE_PLUGIN}",
         f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
         "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),
@@ -187,8 +227,12 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def freeze(ui: Ui, output: Path, python: str = sys.executable) -> Frozen:
+def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = False
+           ) -> Frozen:
     """Compile into a temporary folder beside `output`, then swap it into place."""
+    if network and importlib.util.find_spec("pyroute2") is None:
+        raise BuildError("--network needs pyroute2 in the Python that freezes storage-init",
+                         f"{python} -m pip install pyroute2")
     need("patchelf", "by Nuitka for standalone programs")
     need("gcc", "by Nuitka to compile storage-init")
     script = Path(storage_init.__file__).parent / "__main__.py"
@@ -198,12 +242,12 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable) -> Frozen:
         config = Path(tmp) / "storage-init.nuitka-package.config.yml"
         config.write_text(package_configuration())
         with ui.step("compiling storage-init with Nuitka (a few minutes)"):
-            run(ui, nuitka_command(python, script, Path(tmp), os.cpu_count() or 1, config),
-                env=link_environment())
+            run(ui, nuitka_command(python, script, Path(tmp), os.cpu_count() or 1, config,
+                                   network), env=link_environment())
         dist = Path(tmp) / "__main__.dist"
         if not (dist / BINARY).is_file():
             raise BuildError(f"Nuitka finished but made no {dist / BINARY}")
-        for name in UNUSED_EXTENSIONS:
+        for name in unused_extensions(network):
             (dist / name).unlink(missing_ok=True)
         with ui.step("stripping debug info from the extension modules"):
             strip_debug(ui, dist)
@@ -214,7 +258,9 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable) -> Frozen:
                 raise BuildError(f"{soname} not found in {', '.join(dirs)}",
                                  "install libudev1 (pyudev loads it at boot)")
             shutil.copyfile(found.resolve(), dist / soname)
-        (dist / STAMP).write_text(source_key(python) + "\n")
+        (dist / STAMP).write_text(source_key(python, network) + "\n")
+        if network:
+            (dist / NETWORK_MARK).write_text("pyroute2 " + metadata.version("pyroute2") + "\n")
         old = output.with_name(f".{output.name}.old")
         if output.exists():
             os.replace(output, old)
@@ -223,31 +269,37 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable) -> Frozen:
     return Frozen(output, folder_size(output), time.monotonic() - started)
 
 
-def cache_dir() -> Path:
+def cache_dir(network: bool = False) -> Path:
     """Where a source checkout keeps its frozen folder between builds."""
+    name = "storage-init-network" if network else "storage-init"
     checkout = Path(storage_init.__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file():
-        return checkout / ".cache" / "storage-init"
+        return checkout / ".cache" / name
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "initoverlayfs" / "storage-init"
+    return Path(base) / "initoverlayfs" / name
 
 
-def is_current(folder: Path, python: str = sys.executable) -> bool:
+def is_current(folder: Path, python: str = sys.executable, network: bool = False) -> bool:
     stamp = folder / STAMP
-    return stamp.is_file() and stamp.read_text().strip() == source_key(python)
+    return stamp.is_file() and stamp.read_text().strip() == source_key(python, network)
 
 
-def default_frozen(ui: Ui) -> Frozen:
+def default_frozen(ui: Ui, network: bool = False) -> Frozen:
     """The installed frozen folder; in a source checkout, the cached one, refrozen only when
     storage-init's sources (or Python, or Nuitka) changed."""
-    if (INSTALLED / BINARY).is_file() and not (
+    installed = INSTALLED_NETWORK if network else INSTALLED
+    if (installed / BINARY).is_file() and not (
             Path(storage_init.__file__).resolve().parents[1] / "pyproject.toml").is_file():
-        return Frozen(INSTALLED, folder_size(INSTALLED), 0.0)
-    folder = cache_dir()
-    if is_current(folder):
+        return Frozen(installed, folder_size(installed), 0.0)
+    folder = cache_dir(network)
+    if is_current(folder, network=network):
         ui.info(f"reusing frozen storage-init in {folder} (sources unchanged)")
         return Frozen(folder, folder_size(folder), 0.0)
-    return freeze(ui, folder)
+    return freeze(ui, folder, network=network)
+
+
+def has_network(folder: Path) -> bool:
+    return (folder / NETWORK_MARK).is_file()
 
 
 def check_folder(folder: Path) -> Path:
@@ -266,17 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None,
                         help="folder to create or replace (default: the source checkout's "
                              "cache, .cache/storage-init)")
+    parser.add_argument("--network", action="store_true",
+                        help="the variant for a bootfs on the network (NBD): with pyroute2's "
+                             "netlink message classes (default output: "
+                             ".cache/storage-init-network)")
     parser.add_argument("--if-changed", action="store_true",
                         help="do nothing when the folder was frozen from the same sources")
     parser.add_argument("--debug", action="store_true", help="show each command as run")
     args = parser.parse_args(argv)
     ui = Ui("initoverlayfs-freeze", debug=args.debug)
-    output = (args.output or cache_dir()).absolute()
+    output = (args.output or cache_dir(args.network)).absolute()
     try:
-        if args.if_changed and is_current(output):
+        if args.if_changed and is_current(output, network=args.network):
             ui.info(f"{output} is current; nothing to do")
             return 0
-        frozen = freeze(ui, output)
+        frozen = freeze(ui, output, network=args.network)
     except BuildError as exc:
         print(f"initoverlayfs-freeze: error: {exc}", file=sys.stderr)
         return 1

@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "SCSI disk, USB storage, MMC/SD (default under another sysroot)")
     p.add_argument("--add-drivers", default="", metavar='"A B"',
                    help="more kernel modules (names or aliases) for the mini-initramfs")
+    p.add_argument("--network", action="store_true",
+                   help="the bootfs is an NBD export (`bootfs nbd:HOST:PORT/EXPORT` and `ip` in "
+                        "/etc/initoverlayfs.conf, or rd.initoverlayfs.bootfs=nbd:... and ip= at "
+                        "boot): add pyroute2 to storage-init and the nbd and NIC drivers "
+                        f"({', '.join(kmods.NETWORK)}); implied by an nbd: bootfs in the config")
     p.add_argument("--compress", choices=sorted(compress.COMMANDS), default=compress.DEFAULT,
                    help=f"mini-initramfs compression (default: {compress.DEFAULT}; lz4 "
                         "unpacks faster, but the kernel cannot read anything concatenated "
@@ -225,8 +230,14 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     else:
         config_text = user_config
         fstype = raw.get("bootfstype")
+    network = args.network or raw.get("bootfs", "").startswith("nbd:")
+    if network and not args.network:
+        ui.info(f"the bootfs {raw['bootfs']} is on the network: building as with --network")
     frozen = (freeze.check_folder(args.storage_init) if args.storage_init
-              else freeze.default_frozen(ui).folder)
+              else freeze.default_frozen(ui, network=network).folder)
+    if network and not freeze.has_network(frozen):
+        raise BuildError(f"the frozen storage-init {frozen} has no pyroute2, and the bootfs is "
+                         "on the network", "freeze it with `initoverlayfs-freeze --network`")
     if with_dracut and not frozen.resolve().is_relative_to(sysroot):
         raise BuildError(f"dracut reads every file from the sysroot {sysroot}, and the frozen "
                          f"storage-init {frozen} is outside it",
@@ -245,6 +256,8 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if drivers is None:
         drivers = kmods.generic_drivers()
     extra = args.add_drivers.split()
+    if network:
+        drivers = [*drivers, *kmods.network_drivers()]
     fstypes = [fstype] if fstype else list(kmods.GENERIC_FS)
     wanted = kmods.wanted_modules([*drivers, *extra], fstypes)
     if args.verity:
@@ -254,6 +267,9 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         raise BuildError(f"{kver} has no dm-verity (CONFIG_DM_VERITY), built in or as a module",
                          "use a kernel with it, or pass --no-verity to boot the image "
                          "unverified")
+    if network and "nbd" in selection.missing:
+        raise BuildError(f"{kver} has no nbd driver (CONFIG_BLK_DEV_NBD), built in or as a "
+                         "module", "use a kernel with it for a bootfs on the network")
     unknown = [name for name in extra if name in selection.missing]
     if unknown:
         raise BuildError(f"--add-drivers: {', '.join(unknown)} is neither a module of {kver} "

@@ -36,6 +36,14 @@ GENERIC = {
                     "sd_mod"),
     "mmc": ("mmc_block", "sdhci_pci", "sdhci_acpi"),
 }
+# A bootfs on the network (--network): the NBD client and the common NICs, by what they drive.
+NETWORK = {
+    "nbd": ("nbd",),
+    "virtio-net": ("virtio_pci", "virtio_net"),
+    "e1000": ("e1000",),
+    "e1000e": ("e1000e",),
+    "igb": ("igb",),
+}
 # A bootfs filesystem and what its mount asks modprobe for (which the initramfs does not have).
 FS_EXTRAS = {"vfat": ("nls_cp437", "nls_iso8859_1", "nls_utf8"), "msdos": ("nls_cp437",)}
 GENERIC_FS = ("ext4", "xfs", "btrfs", "vfat")
@@ -99,6 +107,10 @@ def wanted_modules(drivers: Iterable[str], fstypes: Iterable[str]) -> list[str]:
 
 def generic_drivers() -> list[str]:
     return [m for family in GENERIC.values() for m in family]
+
+
+def network_drivers() -> list[str]:
+    return list(dict.fromkeys(m for family in NETWORK.values() for m in family))
 
 
 # --- host-only: the drivers of the device that holds /boot ------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from storage_init.settings import NEW_ROOT
 
 from . import cpio, elf
-from .freeze import BINARY, STAMP
+from .freeze import BINARY, NETWORK_MARK, STAMP
 
 FROZEN_DIR = "usr/lib/initoverlayfs"
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "boot", "etc", NEW_ROOT.strip("/"))
@@ -80,7 +80,7 @@ def build_tree(frozen: Path, libraries: list[elf.Library], modules: Mapping[str,
     tree.node("dev/console", stat.S_IFCHR, CONSOLE)
     for path in sorted(frozen.rglob("*")):
         relative = path.relative_to(frozen).as_posix()
-        if relative == STAMP:  # the freeze's bookkeeping, not needed at boot
+        if relative in (STAMP, NETWORK_MARK):  # the freeze's bookkeeping, not needed at boot
             continue
         if path.is_dir():
             tree.directory(f"{FROZEN_DIR}/{relative}")

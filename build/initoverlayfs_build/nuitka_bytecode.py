@@ -14,7 +14,7 @@ Loaded by Nuitka from this path, not imported by the builder.
 
 from nuitka.plugins.PluginBase import NuitkaPluginBase
 
-BYTECODE_PACKAGES = ("storage_init", "pyudev")
+BYTECODE_PACKAGES = ("storage_init", "pyudev", "pyroute2")  # pyroute2: --network only
 
 
 class StorageInitBytecode(NuitkaPluginBase):  # type: ignore[misc]
