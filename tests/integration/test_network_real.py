@@ -1,0 +1,117 @@
+"""The network half on this machine's kernel: storage-init's rtnetlink bring-up of a real veth
+link in a private network namespace, and its NBD handshake against a real qemu-nbd listening on
+127.0.0.1 (the kernel's nbd driver itself is exercised in the VM tier: this host has none)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storage_init import nbdproto
+from storage_init.kernel import Kernel
+
+from .test_real_boot import tool
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+HARNESS = Path(__file__).with_name("net_harness.py")
+
+
+def bring_up(scenario: str) -> dict[str, Any]:
+    tool("ip", "iproute2")
+    run = subprocess.run(["unshare", "-n", "-m", "--propagation", "private", sys.executable,
+                          str(HARNESS), scenario], capture_output=True, text=True, timeout=60,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    report: dict[str, Any] = json.loads(run.stdout)
+    return report
+
+
+def test_link_address_route_and_mtu_are_set_through_rtnetlink() -> None:
+    report = bring_up("up")
+    assert "error" not in report, report
+    (link,) = report["addr"]
+    assert "UP" in link["flags"] and "LOWER_UP" in link["flags"]
+    assert link["mtu"] == 1400
+    inet = [(a["local"], a["prefixlen"]) for a in link["addr_info"] if a["family"] == "inet"]
+    assert inet == [("10.9.0.2", 24)]
+    (route,) = report["route"]
+    assert route["gateway"] == "10.9.0.1" and route["dev"] == "veth0"
+
+
+def test_no_carrier_ends_at_the_deadline_with_the_reason() -> None:
+    report = bring_up("no-carrier")
+    assert "see a carrier on veth0" in str(report["error"])
+    assert 1.4 < report["took"] < 5
+
+
+def test_a_missing_interface_lists_the_ones_seen() -> None:
+    report = bring_up("no-interface")
+    assert "find the network interface eth7 (interfaces seen: lo, veth0, veth1" in str(
+        report["error"])
+
+
+@pytest.fixture(scope="module")
+def nbd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """qemu-nbd serving a 3 MiB file as export `bootfs` on 127.0.0.1: (port, size)."""
+    qemu_nbd = tool("qemu-nbd", "qemu-utils")
+    disk = tmp_path_factory.mktemp("nbd") / "disk.img"
+    size = 3 << 20
+    disk.write_bytes(b"\0" * size)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([qemu_nbd, "--persistent", "--read-only", "--format=raw",
+                               "--bind=127.0.0.1", f"--port={port}", "--export-name=bootfs",
+                               str(disk)], stderr=subprocess.PIPE)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    try:
+        yield port, size
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def negotiate(port: int, export: str) -> nbdproto.Export:
+    kernel = Kernel()
+    sock = kernel.tcp_connect("127.0.0.1", port, 5)
+    try:
+        return nbdproto.negotiate(lambda n: kernel.sock_recv(sock, n),
+                                  lambda data: kernel.sock_send(sock, data), export)
+    finally:
+        sock.close()
+
+
+def test_the_handshake_gets_the_exports_size_and_flags(nbd_server: tuple[int, int]) -> None:
+    port, size = nbd_server
+    export = negotiate(port, "bootfs")
+    assert export.size == size
+    assert export.read_only  # qemu-nbd --read-only says so in the transmission flags
+
+
+def test_an_unknown_export_is_named_as_such(nbd_server: tuple[int, int]) -> None:
+    with pytest.raises(nbdproto.NbdError, match="export 'nope': no such export") as caught:
+        negotiate(nbd_server[0], "nope")
+    assert caught.value.code == nbdproto.UNKNOWN_EXPORT
+
+
+def test_no_server_is_a_refused_connection_naming_the_address() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    with pytest.raises(ConnectionRefusedError) as caught:
+        Kernel().tcp_connect("127.0.0.1", port, 5)
+    assert caught.value.filename == f"127.0.0.1:{port}"
