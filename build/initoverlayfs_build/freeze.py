@@ -186,10 +186,13 @@ def link_environment() -> dict[str, str]:
 def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
                    config: Path, network: bool = False) -> list[str]:
     static = "yes" if _has_static_libpython() else "no"
-    # pyroute2's own package is left out (nofollow) except the modules named here
+    # pyroute2 is left out (nofollow) except, with --network, the modules named here. The
+    # local freeze must name it too: Nuitka follows storage_init.network's imports even though
+    # a local boot never runs them, and pyroute2.config's multiprocessing then collides with
+    # NOT_NEEDED ("Conflict between user and plugin decision for module 'multiprocessing'").
     extra = [f"--include-module={','.join(NETWORK_MODULES)}",
              f"--include-package={','.join(NETWORK_PACKAGES)}"] if network else []
-    nofollow = [*not_needed(network), *(["pyroute2"] if network else [])]
+    nofollow = [*not_needed(network), "pyroute2"]
     return [
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
         python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",

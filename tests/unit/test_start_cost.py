@@ -107,7 +107,9 @@ def test_storage_init_imports_none_of_the_costly_modules() -> None:
     # jsonout.py, steps.failing, globs.py; the frozen binary's own inspect is frozen_inspect.py,
     # which imports none of ast, dis, tokenize).
     costly = ("typing", "dataclasses", "socket", "argparse", "inspect", "ast", "dis", "tokenize",
-              "json", "contextlib", "re", "enum", "fnmatch")
+              "json", "contextlib", "re", "enum", "fnmatch",
+              # a boot from a local disk pays nothing for the network (issue 14)
+              "pyroute2", "storage_init.network", "storage_init.rtnl", "storage_init.nbdproto")
     loaded = _probe("import sys, storage_init.main; print(' '.join(sys.modules))").split()
     assert "storage_init.kernel" in loaded
     assert [m for m in costly if m in loaded] == []
@@ -131,6 +133,43 @@ def test_nothing_the_freeze_leaves_out_is_imported_at_boot() -> None:
     assert sorted(m for m in NOT_NEEDED if m in loaded - optional) == []
     assert sorted(m for m in (e.removesuffix(".so") for e in UNUSED_EXTENSIONS)
                   if m in loaded - optional) == []
+
+
+def test_the_network_freeze_leaves_out_nothing_a_network_boot_imports() -> None:
+    # The --network variant keeps what pyroute2's message classes import of NOT_NEEDED and
+    # UNUSED_EXTENSIONS; this builds every message a network boot sends (rtnl.messages() and
+    # the builders) and checks the variant's exclusions against what that imported.
+    from initoverlayfs_build.freeze import not_needed, unused_extensions
+    loaded = set(_probe(
+        "import sys, storage_init.main, storage_init.network, storage_init.rtnl as r\n"
+        "r.link_up(2, 1400, 1); r.get_link(2, 2); r.add_address(2, '10.0.2.15', 24, 3)\n"
+        "r.add_default_route(2, '10.0.2.2', 4); r.get_family('nbd', 5)\n"
+        "r.nbd_connect(30, 3, 1 << 20, 512, 1, 6)\n"
+        # a real kernel's RTM_NEWLINK (lo, with all its attributes), decoded as a boot does
+        "import storage_init.kernel as k; kn = k.Kernel(); s = kn.netlink_open(r.NETLINK_ROUTE)\n"
+        "kn.netlink_send(s, r.get_link(1, 7)); d = kn.netlink_recv(s, 5.0)\n"
+        "assert d and r.link_state(next(m for t, q, m in r.split(d)))[0] == 1\n"
+        "print(' '.join(sys.modules))").split())
+    assert {"pyroute2.netlink.rtnl.ifinfmsg", "storage_init.nbdproto"} <= loaded
+    optional = {"zlib", "bz2", "_bz2", "lzma", "_lzma"}
+    assert sorted(m for m in not_needed(True) if m in loaded - optional) == []
+    assert sorted(m for m in (e.removesuffix(".so") for e in unused_extensions(True))
+                  if m in loaded - optional) == []
+    # and the pyroute2 package __init__ (asyncio, ssl, sqlite3...) never ran
+    assert sorted(m for m in ("asyncio", "ssl", "sqlite3", "pyroute2.iproute") if m in loaded
+                  ) == []
+
+
+def test_the_network_freeze_adds_pyroute2_and_the_local_one_does_not(tmp_path: Path) -> None:
+    from initoverlayfs_build import freeze
+    config = tmp_path / "c.yml"
+    local = freeze.nuitka_command("python3", tmp_path / "m.py", tmp_path, 2, config)
+    network = freeze.nuitka_command("python3", tmp_path / "m.py", tmp_path, 2, config, True)
+    assert [a for a in local if "pyroute2" in a and "nofollow" not in a] == []
+    assert f"--include-package={','.join(freeze.NETWORK_PACKAGES)}" in network
+    assert any(a.startswith("--include-module=pyroute2.") for a in network)
+    assert freeze.source_key(network=True) != freeze.source_key()
+    assert freeze.cache_dir(True) != freeze.cache_dir()
 
 
 def test_a_boot_with_pyudev_imports_no_re() -> None:

@@ -44,11 +44,12 @@ def kvm_works() -> bool:
 class VmSpec:
     kernel: Path
     initrd: Path
-    disk: Path
+    disk: Path | None  # None: no disk (a bootfs on the network)
     interface: str = "virtio-blk"
     append: str = ""
     memory_mb: int = 512
     timeout: float = 180.0
+    devices: tuple[str, ...] = ()  # more QEMU arguments (a NIC and its netdev)
 
     def command(self) -> list[str]:
         qemu = shutil.which("qemu-system-x86_64")
@@ -60,7 +61,12 @@ class VmSpec:
                 "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
                 "-nodefaults", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
                 "-append", f"console=ttyS0 panic=-1 {self.append}".strip(),
-                "-drive", f"file={self.disk},format=raw,if=none,id=disk0,snapshot=on",
+                *self._disk(), *self.devices]
+
+    def _disk(self) -> list[str]:
+        if self.disk is None:
+            return []
+        return ["-drive", f"file={self.disk},format=raw,if=none,id=disk0,snapshot=on",
                 *INTERFACES[self.interface]]
 
 

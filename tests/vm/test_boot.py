@@ -65,9 +65,9 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     timings = timings_of(booted(boots, "default"))
     steps = [s["name"] for s in timings["steps"]]  # type: ignore[attr-defined]
     assert steps == ["mount-api", "log", "read-cmdline", "read-config", "load-modules",
-                     "trigger", "wait-bootfs", "mount-bootfs", "mount-scratch", "attach-loop",
-                     "setup-verity", "mount-image", "mount-overlay", "move-mounts",
-                     "switch-root", "seal-verity"]
+                     "trigger", "bring-up-network", "wait-bootfs", "mount-bootfs",
+                     "mount-scratch", "attach-loop", "setup-verity", "mount-image",
+                     "mount-overlay", "move-mounts", "switch-root", "seal-verity"]
     assert str(timings["image_device"]).startswith("/dev/dm-"), timings
     assert {"dm_mod", "dm_bufio", "dm_verity"} <= set(timings["modules_loaded"])  # type: ignore[call-overload]
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
@@ -88,6 +88,9 @@ def test_frozen_start_imports_only_what_the_boot_needs(boots: dict[str, BootResu
                "fnmatch"}
     assert sorted((at_start | later) & removed) == []
     assert "pyudev" not in at_start
+    # a local bootfs pays nothing for the network: its step imports none of it
+    assert sorted(m for m in at_start | later if m.startswith("pyroute2") or m in {
+        "storage_init.network", "storage_init.rtnl", "storage_init.nbdproto"}) == []
     entered, started = timings["entered_boottime_s"], timings["started_boottime_s"]
     assert isinstance(entered, float) and isinstance(started, float) and entered < started
 
