@@ -15,12 +15,11 @@ import fcntl
 import os
 import select
 import stat
-import sys
 import time
 import types
 from collections.abc import Callable, Mapping, Sequence
 
-from . import TYPE_CHECKING
+from . import TYPE_CHECKING, standins
 
 if TYPE_CHECKING:
     from typing import NoReturn
@@ -86,12 +85,6 @@ _SYS_PIVOT_ROOT = 155
 LIBUDEV_SONAME = "libudev.so.1"
 
 
-def _stand_in(name: str, **attrs: object) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    return module
-
-
 def _no_subprocess(*args: object, **kwargs: object) -> bytes:
     raise OSError(errno.ENOSYS, "storage-init runs no programs through pyudev")
 
@@ -106,22 +99,6 @@ class _NoThread:
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSYS, "storage-init starts no threads through pyudev")
-
-
-def _lazy_re() -> types.ModuleType:
-    """A stand-in for re that imports the real one on first use."""
-    stand_in = types.ModuleType("re")
-
-    def real(name: str) -> object:
-        if name.startswith("__"):  # introspection (repr, importlib) does not need the real re
-            raise AttributeError(name)
-        if sys.modules.get("re") is stand_in:  # still inside pyudev's import
-            raise ImportError(f"re.{name} used while pyudev is imported (storage-init's lazy re)")
-        import re
-        return getattr(re, name)
-
-    stand_in.__getattr__ = real  # type: ignore[method-assign]
-    return stand_in
 
 
 def import_pyudev() -> types.ModuleType:
@@ -140,28 +117,22 @@ def import_pyudev() -> types.ModuleType:
       (device numbers from strings), and importing re with enum was 15 million instructions
       (callgrind, natively); the stand-in imports the real re if one of them ever runs.
 
-    A stand-in is used only where the real module is not loaded yet (in a host process it
-    usually is, and then pyudev gets the real one), and is taken out of sys.modules again
-    after the import, so nothing else in the process ever sees it.
+    (storage_init.standins says how stand-ins are put in place and taken out again.)
     """
-    stand_ins = {
-        # the soname, which the dynamic loader resolves by itself
-        "ctypes.util": _stand_in("ctypes.util", find_library=(
-            lambda name: LIBUDEV_SONAME if name == "udev" else None)),
-        "subprocess": _stand_in("subprocess", check_output=_no_subprocess),
-        "datetime": _stand_in("datetime", timedelta=_no_timedelta),
-        "threading": _stand_in("threading", Thread=_NoThread),
-        "re": _lazy_re(),
-    }
-    added = [name for name, module in stand_ins.items()
-             if sys.modules.setdefault(name, module) is module]
-    try:
+    def importer() -> types.ModuleType:
         import pyudev
-    finally:
-        for name in added:
-            del sys.modules[name]
-    module: types.ModuleType = pyudev
-    return module
+        module: types.ModuleType = pyudev
+        return module
+
+    return standins.import_with({
+        # the soname, which the dynamic loader resolves by itself
+        "ctypes.util": standins.module("ctypes.util", find_library=(
+            lambda name: LIBUDEV_SONAME if name == "udev" else None)),
+        "subprocess": standins.module("subprocess", check_output=_no_subprocess),
+        "datetime": standins.module("datetime", timedelta=_no_timedelta),
+        "threading": standins.module("threading", Thread=_NoThread),
+        "re": standins.lazy("re"),
+    }, importer)
 
 
 Tracer = Callable[[str], None]

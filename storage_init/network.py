@@ -32,6 +32,25 @@ NBD_BLOCK_SIZE = 512  # what every filesystem on the export can be read with
 NBD_MODULE = "nbd"
 
 
+def check_support(config: IpConfig, bootfs: object) -> None:
+    """BootError, before any link is touched, when this storage-init has no pyroute2: the
+    local-disk freeze leaves it out, and a network bootfs named only on the command line
+    reaches such a binary."""
+    try:
+        rtnl.messages()
+    except ImportError as exc:
+        if exc.name == "pyroute2":
+            raise BootError(f"bring up {config.interface} for the bootfs {bootfs}: this "
+                            "storage-init has no pyroute2 (it was frozen for a local bootfs)",
+                            "the mini-initramfs: rebuild it with initoverlayfs-install "
+                            "--network (implied by an nbd: bootfs in /etc/initoverlayfs.conf)"
+                            ) from None
+        # a module the --network freeze left out: the freeze's fault, said as it is
+        raise BootError(f"load pyroute2's netlink message classes: {type(exc).__name__}: "
+                        f"{exc}", "the frozen storage-init (initoverlayfs-freeze --network "
+                        "keeps what pyroute2's message modules import)") from None
+
+
 def _timeout() -> OSError:
     return OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
 

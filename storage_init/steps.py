@@ -140,6 +140,7 @@ def bring_up_network(boot: Boot) -> None:
         return  # a local bootfs: nothing of the network is imported or touched
     from . import network  # and with it pyroute2: only for a bootfs on the network
 
+    network.check_support(s.network, s.bootfs)
     assert boot.loader is not None and boot.uevents is not None
     deadline = boot.kernel.monotonic() + s.timeout
     index = network.wait_interface(boot.kernel, boot.log, boot.loader, boot.uevents,

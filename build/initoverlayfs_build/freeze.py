@@ -102,7 +102,10 @@ NOT_NEEDED = (
 # pyroute2 for a bootfs on the network (storage_init/rtnl.py imports these and nothing else of
 # it), and the modules of NOT_NEEDED that they import: pyroute2.config imports multiprocessing
 # and platform, ifinfmsg pkgutil (for its plugins), pyroute2.common typing and threading.
-NETWORK_MODULES = ("pyroute2.common", "pyroute2.config", "pyroute2.netlink",
+# The package itself is in, for its submodules to be found, with its `__init__` (the whole
+# API: ~300 modules, asyncio, ssl, sqlite3) replaced by one line (package_configuration).
+PYROUTE2_INIT = '"""pyroute2, frozen for storage-init: its netlink message classes only."""'
+NETWORK_MODULES = ("pyroute2", "pyroute2.common", "pyroute2.config", "pyroute2.netlink",
                    "pyroute2.netlink.exceptions", "pyroute2.netlink.rtnl",
                    "pyroute2.netlink.rtnl.ifaddrmsg", "pyroute2.netlink.rtnl.rtmsg",
                    "pyroute2.netlink.rtnl.iw_event")
@@ -164,15 +167,23 @@ def source_key(python: str = sys.executable, network: bool = False) -> str:
     return digest.hexdigest()[:16]
 
 
-def package_configuration() -> str:
-    """Nuitka's package configuration (YAML) that makes `inspect` frozen_inspect.py."""
+def package_configuration(network: bool = False) -> str:
+    """Nuitka's package configuration (YAML) that makes `inspect` frozen_inspect.py; with
+    `network`, pyroute2's package `__init__` an empty module (NETWORK_MODULES)."""
     code = "".join(f"        {line}\n" if line.strip() else "\n"
                    for line in INSPECT_SOURCE.read_text().splitlines())
-    return ("---\n"
-            "- module-name: 'inspect'\n"
-            "  anti-bloat:\n"
-            "    - description: 'storage-init: only what the Nuitka runtime patches at start'\n"
-            "      module_code: |\n" + code)
+    config = ("---\n"
+              "- module-name: 'inspect'\n"
+              "  anti-bloat:\n"
+              "    - description: 'storage-init: only what the Nuitka runtime patches at start'\n"
+              "      module_code: |\n" + code)
+    if network:
+        config += ("- module-name: 'pyroute2'\n"
+                   "  anti-bloat:\n"
+                   "    - description: 'storage-init: the message classes, not the package API'\n"
+                   "      module_code: |\n"
+                   f"        {PYROUTE2_INIT}\n")
+    return config
 
 
 def link_environment() -> dict[str, str]:
@@ -186,13 +197,15 @@ def link_environment() -> dict[str, str]:
 def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
                    config: Path, network: bool = False) -> list[str]:
     static = "yes" if _has_static_libpython() else "no"
-    # pyroute2 is left out (nofollow) except, with --network, the modules named here. The
-    # local freeze must name it too: Nuitka follows storage_init.network's imports even though
-    # a local boot never runs them, and pyroute2.config's multiprocessing then collides with
-    # NOT_NEEDED ("Conflict between user and plugin decision for module 'multiprocessing'").
+    # The local freeze leaves pyroute2 out (nofollow): Nuitka follows storage_init.network's
+    # imports even though a local boot never runs them, and pyroute2.config's multiprocessing
+    # would then collide with NOT_NEEDED ("Conflict between user and plugin decision for
+    # module 'multiprocessing'"). The network one follows it from the modules named here, its
+    # package __init__ made empty by package_configuration (a nofollow of "pyroute2" would
+    # exclude the package itself, and every submodule with it, at run time).
     extra = [f"--include-module={','.join(NETWORK_MODULES)}",
              f"--include-package={','.join(NETWORK_PACKAGES)}"] if network else []
-    nofollow = [*not_needed(network), "pyroute2"]
+    nofollow = [*not_needed(network), *([] if network else ["pyroute2"])]
     return [
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
         python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",
@@ -243,7 +256,7 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = F
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".freeze-") as tmp:
         config = Path(tmp) / "storage-init.nuitka-package.config.yml"
-        config.write_text(package_configuration())
+        config.write_text(package_configuration(network))
         with ui.step("compiling storage-init with Nuitka (a few minutes)"):
             run(ui, nuitka_command(python, script, Path(tmp), os.cpu_count() or 1, config,
                                    network), env=link_environment())

@@ -491,3 +491,50 @@ def test_nbd_refused_by_the_kernel_names_the_driver() -> None:
     with pytest.raises(BootError, match=r"NBD_CMD_CONNECT\): Invalid argument; check that the "
                                         r"kernel has the nbd driver"):
         network.connect_nbd(kernel, Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]
+
+
+def test_a_storage_init_frozen_without_pyroute2_says_to_rebuild_for_the_network(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> Any:
+        raise ModuleNotFoundError("pyroute2 is not in this storage-init", name="pyroute2")
+
+    monkeypatch.setattr(rtnl, "_cache", [])
+    monkeypatch.setattr(rtnl, "_messages", missing)
+    with pytest.raises(BootError, match=r"^Failed to bring up eth0 for the bootfs "
+                                        r"nbd:10.0.2.100:10809/boot: this storage-init has no "
+                                        r"pyroute2 .*; check the mini-initramfs: rebuild it with "
+                                        r"initoverlayfs-install --network"):
+        network.check_support(parse_ip(IP), TARGET)
+
+
+def test_a_package_the_freeze_excluded_is_no_pyroute2(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what Nuitka's loader does for a nofollow'ed package: find_spec raises, not returns None
+    import importlib.util
+    import sys
+
+    def excluded(name: str, package: str | None = None) -> Any:
+        raise ImportError(f"Module {name!r} was actively excluded from Nuitka compilation.")
+
+    monkeypatch.setattr(rtnl, "_cache", [])
+    monkeypatch.delitem(sys.modules, "pyroute2", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", excluded)
+    with pytest.raises(BootError, match="this storage-init has no pyroute2"):
+        network.check_support(parse_ip(IP), TARGET)
+
+
+def test_a_module_the_network_freeze_left_out_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> Any:
+        raise ModuleNotFoundError("No module named 'pkgutil'", name="pkgutil")
+
+    monkeypatch.setattr(rtnl, "_cache", [])
+    monkeypatch.setattr(rtnl, "_messages", missing)
+    with pytest.raises(BootError, match=r"^Failed to load pyroute2's netlink message classes: "
+                                        r"ModuleNotFoundError: No module named 'pkgutil'; "
+                                        r"check the frozen storage-init"):
+        network.check_support(parse_ip(IP), TARGET)
+
+
+def test_with_pyroute2_the_check_passes_and_keeps_the_classes() -> None:
+    network.check_support(parse_ip(IP), TARGET)
+    assert rtnl.messages().ifinfmsg.__module__ == "pyroute2.netlink.rtnl.ifinfmsg"

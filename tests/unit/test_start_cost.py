@@ -167,7 +167,13 @@ def test_the_network_freeze_adds_pyroute2_and_the_local_one_does_not(tmp_path: P
     network = freeze.nuitka_command("python3", tmp_path / "m.py", tmp_path, 2, config, True)
     assert [a for a in local if "pyroute2" in a and "nofollow" not in a] == []
     assert f"--include-package={','.join(freeze.NETWORK_PACKAGES)}" in network
-    assert any(a.startswith("--include-module=pyroute2.") for a in network)
+    assert f"--include-module={','.join(freeze.NETWORK_MODULES)}" in network
+    # the package is in (its submodules are found through it) with an empty __init__
+    assert "pyroute2" in freeze.NETWORK_MODULES
+    assert "- module-name: 'pyroute2'" not in freeze.package_configuration()
+    pyroute2 = freeze.package_configuration(network=True).split("- module-name: 'pyroute2'")[1]
+    assert pyroute2.split("module_code: |\n")[1].strip() == freeze.PYROUTE2_INIT
+    assert [type(n) for n in ast.parse(freeze.PYROUTE2_INIT).body] == [ast.Expr]  # a docstring
     assert freeze.source_key(network=True) != freeze.source_key()
     assert freeze.cache_dir(True) != freeze.cache_dir()
 
