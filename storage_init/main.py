@@ -74,6 +74,7 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
     rows = [
         ("config", paths.config), ("bootfs", str(s.bootfs)),
         ("bootfs_hint", s.bootfs_hint or "(none)"),
+        ("network", str(s.network) if s.network else "(none: the bootfs is local)"),
         ("bootfstype", s.bootfstype or "(from the superblock)"),
         ("image", s.image_path), ("fstype", s.fstype), ("udev_trigger", " ".join(s.subsystems)),
         ("timeout", f"{s.timeout:g} s"), ("init", s.init or "/sbin/init"),
@@ -89,7 +90,7 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
     print("plan:")
     values = boot.plan_values()
     for number, step in enumerate(steps_for(mode), start=1):
-        print(f"  {number:2}. {step.name:<14} {step.plan.format(**values)}")
+        print(f"  {number:2}. {step.name:<16} {step.plan.format(**values)}")
     return 0
 
 
@@ -103,7 +104,9 @@ def parser() -> argparse.ArgumentParser:
         "(rdinit=/init) it finds /boot, mounts the EROFS image from it under a tmpfs-backed "
         "overlay, switches root and executes init. Run by hand it can only show its plan.",
         epilog="Kernel command line: rd.initoverlayfs.bootfs= .bootfstype= .fs= .fstype= "
-        ".timeout= .init= .debug .verity=0|1, init=, rd.shell, rd.emergency=reboot|poweroff|halt.",
+        ".timeout= .init= .debug .verity=0|1, init=, rd.shell, rd.emergency=reboot|poweroff|halt; "
+        "for a bootfs on NBD, rd.initoverlayfs.bootfs=nbd:HOST[:PORT]/EXPORT and "
+        "ip=CLIENT::GATEWAY:NETMASK:HOSTNAME:INTERFACE:none (static IPv4 only).",
     )
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved configuration and the plan of steps, then exit")

@@ -88,6 +88,8 @@ def test_dry_run_prints_settings_and_plan_and_touches_nothing(
     assert rc == 0
     assert f"bootfs        UUID={BOOT_UUID}" in out and "timeout       7 s" in out
     assert " 1. mount-api" in out and "18. exec-init" in out
+    assert "network       (none: the bootfs is local)" in out
+    assert " 7. bring-up-network nothing: the bootfs is local" in out
     assert machine.k.calls == []
 
 
