@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pytest
 
 from storage_init import nbdproto
 from storage_init.kernel import Kernel
+from tests.support import nbd
 
 from .test_real_boot import tool
 
@@ -63,26 +62,15 @@ def test_a_missing_interface_lists_the_ones_seen() -> None:
 @pytest.fixture(scope="module")
 def nbd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
     """qemu-nbd serving a 3 MiB file as export `bootfs` on 127.0.0.1: (port, size)."""
-    qemu_nbd = tool("qemu-nbd", "qemu-utils")
+    tool("qemu-nbd", "qemu-utils")
     disk = tmp_path_factory.mktemp("nbd") / "disk.img"
     size = 3 << 20
     disk.write_bytes(b"\0" * size)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([qemu_nbd, "--persistent", "--read-only", "--format=raw",
-                               "--bind=127.0.0.1", f"--port={port}", "--export-name=bootfs",
-                               str(disk)], stderr=subprocess.PIPE)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
+    server = nbd.serve(disk, "bootfs")
     try:
-        yield port, size
+        yield server.port, size
     finally:
-        server.terminate()
-        server.wait(10)
+        server.close()
 
 
 def negotiate(port: int, export: str) -> nbdproto.Export:
@@ -109,9 +97,7 @@ def test_an_unknown_export_is_named_as_such(nbd_server: tuple[int, int]) -> None
 
 
 def test_no_server_is_a_refused_connection_naming_the_address() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    port = nbd.free_port()
     with pytest.raises(ConnectionRefusedError) as caught:
         Kernel().tcp_connect("127.0.0.1", port, 5)
     assert caught.value.filename == f"127.0.0.1:{port}"

@@ -16,9 +16,13 @@ from .qemu import BootResult
 @pytest.fixture(scope="session")
 def artifacts() -> Iterator[scenarios.Artifacts]:
     work = scenarios.workdir()
+    built = None
     try:
-        yield scenarios.build(work)
+        built = scenarios.build(work)
+        yield built
     finally:
+        if built is not None:
+            built.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

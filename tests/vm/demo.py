@@ -17,7 +17,7 @@ def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     print("building: frozen storage-init, Debian cloud kernel images, the disk ...", flush=True)
-    artifacts = scenarios.build(OUT, ("cloud",))
+    artifacts = scenarios.build(OUT, ("cloud",), network=False)
     spec = artifacts.spec(scenarios.DEFAULT)
     print(f"booting {spec.kernel.name} in QEMU ({'KVM' if kvm_works() else 'TCG, no KVM'}), "
           f"{spec.interface} disk ...", flush=True)

@@ -93,14 +93,18 @@ def without_tree(image: Path, out: Path) -> Path:
 
 
 def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
-                        frozen: Path) -> KernelImages:
-    sysroot = work / f"sysroot-{kernel.kver}"
+                        frozen: Path, config: str | None = None) -> KernelImages:
+    """Both images for `kernel`; the config from the sysroot's fstab, or `config` as the
+    sysroot's /etc/initoverlayfs.conf (an nbd: bootfs there builds for the network)."""
+    sysroot = work / f"sysroot-{kernel.kver}{'-config' if config else ''}"
     (sysroot / "boot").mkdir(parents=True)
     (sysroot / "etc").mkdir()
     (sysroot / "lib/modules").mkdir(parents=True)
     (sysroot / "lib/modules" / kernel.kver).symlink_to(kernel.modules)
     shutil.copy(kernel.root / "boot" / f"config-{kernel.kver}", sysroot / "boot")
     (sysroot / "etc/fstab").write_text(f"UUID={FS_UUID} /boot ext4 defaults 0 2\n")
+    if config:
+        (sysroot / "etc/initoverlayfs.conf").write_text(config)
     code = install.main(["--sysroot", str(sysroot), "--kver", kernel.kver, "-q",
                          "--storage-init", str(frozen), "--from-dir", str(content)])
     if code != 0:
@@ -129,15 +133,23 @@ def with_extra_files(initramfs: Path, out: Path, files: dict[str, tuple[int, byt
     return out
 
 
-def make_disk(work: Path, bootfs_files: dict[str, Path]) -> Disk:
-    bootdir = work / "bootfs"
+def make_bootfs(work: Path, name: str, files: dict[str, Path]) -> Path:
+    """An ext4 filesystem (the bootfs's UUID and label) holding `files`, made without
+    mounting: the bootfs partition of the disk, or on its own the NBD export."""
+    bootdir = work / name
     bootdir.mkdir()
-    for name, source in bootfs_files.items():
-        shutil.copy(source, bootdir / name)
-    size_mb = max(64, sum(p.stat().st_size for p in bootfs_files.values()) // (1 << 20) + 32)
-    ext4 = work / "bootfs.ext4"
+    for file_name, source in files.items():
+        shutil.copy(source, bootdir / file_name)
+    size_mb = max(64, sum(p.stat().st_size for p in files.values()) // (1 << 20) + 32)
+    ext4 = work / f"{name}.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-U", FS_UUID, "-L", FS_LABEL, "-d", str(bootdir),
                     str(ext4), f"{size_mb}M"], check=True, capture_output=True)
+    return ext4
+
+
+def make_disk(work: Path, bootfs_files: dict[str, Path]) -> Disk:
+    ext4 = make_bootfs(work, "bootfs", bootfs_files)
+    size_mb = ext4.stat().st_size >> 20
     esp = work / "esp.vfat"
     subprocess.run(["mkfs.vfat", "-C", str(esp), str(8 * 1024)], check=True,
                    capture_output=True)

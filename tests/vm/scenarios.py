@@ -15,6 +15,7 @@ from pathlib import Path
 from initoverlayfs_build.freeze import default_frozen
 from initoverlayfs_build.ui import Ui
 
+from tests.support import nbd
 from tests.support.debian_kernel import fetch
 
 from . import images
@@ -23,6 +24,14 @@ from .qemu import BootResult, Interaction, VmSpec, boot
 BASE_APPEND = "rdinit=/init rd.emergency=poweroff"
 NO_SUCH_UUID = "00000000-dead-4bad-8bad-000000000000"
 SHELL_APPLETS = ("sh", "echo", "poweroff")
+# A bootfs on the network: QEMU's user network, where 10.0.2.2 is this machine's loopback and
+# the test's qemu-nbd listens (127.0.0.1 only). The guest reaches nothing else: it connects
+# only where its command line or config says. {nbd_port} and {closed_port} are filled in at
+# boot; nothing listens on the closed one.
+NBD_HOST = "10.0.2.2"
+NET_IP = f"10.0.2.15::{NBD_HOST}:255.255.255.0:initoverlayfs:eth0:none"
+NBD_EXPORT = "bootfs"
+NICS = {"virtio-net": "virtio-net-pci", "e1000": "e1000"}
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,11 @@ class Scenario:
     kernel: str = "cloud"  # or "generic": storage drivers and ext4 as modules
     interface: str = "virtio-blk"
     append: str = ""
-    initrd: str = "plain"  # "bad-config": a broken config; "shell": busybox added
+    initrd: str = "plain"  # "bad-config": a broken config; "shell": busybox added;
+    #                         "network": built for an nbd: bootfs (config) with --network
     interactions: tuple[Interaction, ...] = ()
     timeout: float = 300.0
+    nic: str | None = None  # a NIC (NICS) on QEMU's user network, and then no disk
 
 
 DEFAULT = Scenario("default")
@@ -72,6 +83,18 @@ SCENARIOS = {s.name: s for s in (
     Scenario("verity-corrupt-reboot", kernel="generic",
              append="rd.initoverlayfs.fs=/canary-$kver.img rd.emergency=reboot"),
     Scenario("fail-bad-config", initrd="bad-config", append="quiet"),
+    # the bootfs on NBD: bootfs and ip from the mini-initramfs's config, on both kernels
+    Scenario("nbd-cloud-virtio-net", nic="virtio-net", initrd="network"),
+    Scenario("nbd-generic-e1000", kernel="generic", nic="e1000", initrd="network"),
+    Scenario("fail-nbd-no-interface", nic="virtio-net", initrd="network",
+             append=f"ip={NET_IP.replace(':eth0:', ':eth7:')} rd.initoverlayfs.timeout=5 quiet"),
+    Scenario("fail-nbd-server-down", nic="virtio-net", initrd="network",
+             append=f"rd.initoverlayfs.bootfs=nbd:{NBD_HOST}:{{closed_port}}/{NBD_EXPORT} quiet"),
+    Scenario("fail-nbd-no-export", kernel="generic", nic="e1000", initrd="network",
+             append=f"rd.initoverlayfs.bootfs=nbd:{NBD_HOST}:{{nbd_port}}/nope quiet"),
+    Scenario("fail-nbd-local-build", nic="virtio-net",
+             append=f"rd.initoverlayfs.bootfs=nbd:{NBD_HOST}:{{nbd_port}}/{NBD_EXPORT} "
+                    f"ip={NET_IP} quiet"),
     Scenario("fail-shell", initrd="shell",
              append=f"rd.shell rd.initoverlayfs.bootfs=UUID={NO_SUCH_UUID} "
                     "rd.initoverlayfs.timeout=3 quiet",
@@ -85,16 +108,56 @@ class Artifacts:
     work: Path
     kernels: dict[str, images.KernelImages]
     disk: images.Disk
+    nbd: nbd.NbdServer | None = None  # serving the network builds' bootfs
     initrds: dict[tuple[str, str], Path] = field(default_factory=dict)
 
     def spec(self, scenario: Scenario) -> VmSpec:
         built = self.kernels[scenario.kernel]
-        return VmSpec(built.kernel.vmlinuz, self.initrds[(scenario.kernel, scenario.initrd)],
-                      self.disk.path, scenario.interface,
-                      f"{BASE_APPEND} {scenario.append}".strip(), timeout=scenario.timeout)
+        append = f"{BASE_APPEND} {scenario.append}".strip()
+        if "{nbd_port}" in append:
+            assert self.nbd is not None, "built without the NBD server"
+            append = append.replace("{nbd_port}", str(self.nbd.port))
+        append = append.replace("{closed_port}", str(nbd.free_port()))
+        initrd = self.initrds[(scenario.kernel, scenario.initrd)]
+        if scenario.nic is None:
+            return VmSpec(built.kernel.vmlinuz, initrd, self.disk.path, scenario.interface,
+                          append, timeout=scenario.timeout)
+        # ipv6=off: the guest's link-local chatter stays out of the way
+        devices = ("-netdev", "user,id=net0,ipv6=off",
+                   "-device", f"{NICS[scenario.nic]},netdev=net0")
+        return VmSpec(built.kernel.vmlinuz, initrd, None, append=append,
+                      timeout=scenario.timeout, devices=devices)
+
+    def close(self) -> None:
+        if self.nbd is not None:
+            self.nbd.close()
 
 
-def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic")) -> Artifacts:
+def network_config(port: int) -> str:
+    """The /etc/initoverlayfs.conf of the network builds: what a user writes for NBD."""
+    return f"bootfs nbd:{NBD_HOST}:{port}/{NBD_EXPORT}\nip {NET_IP}\n"
+
+
+def build_network(artifacts: Artifacts, content: Path, flavours: tuple[str, ...]) -> None:
+    """The network builds (initoverlayfs-install on a config naming an nbd: bootfs) and the
+    qemu-nbd that serves their images in an ext4 bootfs of their own."""
+    frozen = default_frozen(Ui("vm"), network=True).folder
+    port = nbd.free_port()
+    bootfs = {}
+    for flavour in flavours:
+        kernel = artifacts.kernels[flavour].kernel
+        built = images.build_kernel_images(artifacts.work, kernel, content, frozen,
+                                           config=network_config(port))
+        artifacts.initrds[(flavour, "network")] = built.initramfs
+        bootfs[built.image.name] = built.image
+    export = images.make_bootfs(artifacts.work, "nbd-bootfs", bootfs)
+    artifacts.nbd = nbd.serve(export, NBD_EXPORT, port=port)
+
+
+def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic"),
+          network: bool = True) -> Artifacts:
+    """Everything the scenarios boot; `network`: also the NBD builds and their server
+    (close() the result to stop it)."""
     ui = Ui("vm")
     frozen = default_frozen(ui).folder
     content = images.content_tree(work / "content")
@@ -133,6 +196,8 @@ def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic")) -> Artif
         shell |= {f"bin/{a}": (stat.S_IFLNK | 0o777, b"busybox") for a in SHELL_APPLETS}
         artifacts.initrds[(flavour, "shell")] = images.with_extra_files(
             base, work / f"shell-{flavour}.img", shell)
+    if network:
+        build_network(artifacts, content, flavours)
     return artifacts
 
 

@@ -10,10 +10,20 @@ import pytest
 
 from . import images
 from .qemu import DEVICE_NAMES, BootResult
-from .scenarios import NO_SUCH_UUID, SCENARIOS, Artifacts, result_of, timings_of
+from .scenarios import (
+    NBD_EXPORT,
+    NBD_HOST,
+    NO_SUCH_UUID,
+    SCENARIOS,
+    Artifacts,
+    result_of,
+    timings_of,
+)
 
 pytestmark = pytest.mark.vm
-SUCCESS = [name for name in SCENARIOS if not name.startswith(("fail-", "verity-corrupt-"))]
+SUCCESS = [name for name in SCENARIOS
+           if not name.startswith(("fail-", "verity-corrupt-", "nbd-"))]
+NBD = [name for name in SCENARIOS if name.startswith("nbd-")]
 
 
 def booted(boots: dict[str, BootResult], name: str) -> BootResult:
@@ -95,6 +105,36 @@ def test_frozen_start_imports_only_what_the_boot_needs(boots: dict[str, BootResu
     assert isinstance(entered, float) and isinstance(started, float) and entered < started
 
 
+@pytest.mark.parametrize("name", NBD)
+def test_a_bootfs_on_nbd_boots_to_init_over_the_network(
+        boots: dict[str, BootResult], name: str) -> None:
+    run = booted(boots, name)
+    scenario = SCENARIOS[name]
+    r, why = result_of(run), run.describe()
+    assert r["pid"] == 1 and r["marker"] == images.MARKER, why
+    assert str(r["root"]).split()[0] == "overlay", why
+    lower, boot = str(r["lower"]).split(), str(r["boot"]).split()
+    # the image on the export, through its loop device, verified by dm-verity
+    assert lower[0] == "erofs" and re.fullmatch(r"/dev/dm-\d+", lower[1]), why
+    assert boot[:2] == ["ext4", "/dev/nbd0"] and "ro" in boot[2].split(","), why
+    assert r["writable"] is True and r["canary"] is True and r["freed"] is True, why
+    console = run.console
+    assert re.search(r"storage-init: interface eth0 is there \(index \d+\)", console), why
+    assert "storage-init: network: 10.0.2.15/24 on eth0 via 10.0.2.2" in console, why
+    assert re.search(rf"storage-init: nbd:{NBD_HOST}:\d+/{NBD_EXPORT}: \d+ bytes, read-only",
+                     console), why
+    timings = timings_of(run)
+    steps = {s["name"]: s["ms"] for s in timings["steps"]}  # type: ignore[attr-defined]
+    assert steps["bring-up-network"] > 0 and steps["wait-bootfs"] > 0, timings
+    driver = {"virtio-net": "virtio_net", "e1000": "e1000"}[str(scenario.nic)]
+    loaded = timings["modules_loaded"]
+    assert "nbd" in loaded and driver in loaded, loaded  # type: ignore[operator]
+    later = timings["python_modules_later"]
+    assert "pyroute2.netlink.rtnl.ifinfmsg" in later, later  # type: ignore[operator]
+    # pyroute2's package __init__ (asyncio, ssl, sqlite3, ...) never ran
+    assert not {"asyncio", "ssl", "sqlite3", "pyroute2.iproute"} & set(later), later  # type: ignore[call-overload]
+
+
 def test_generic_kernel_loads_ext4_and_its_softdep_from_the_mini_initramfs(
         boots: dict[str, BootResult]) -> None:
     for name in ("generic-virtio-blk", "generic-ahci", "generic-nvme", "generic-virtio-scsi"):
@@ -163,6 +203,22 @@ FAILURES = {
     "fail-verity-no-tree":
         r"storage-init: setup-verity: Failed to verify /boot/notree-[^ ]+\.img: it has no "
         r"verity hash tree: it is \d+ bytes and the tree should start at byte \d+; check",
+    "fail-nbd-no-interface":
+        r"storage-init: bring-up-network: Failed to find the network interface eth7 "
+        r"\(interfaces seen: eth0, lo; drivers loaded: .*virtio_net.*\): Connection timed out; "
+        r"check the interface \(6th field of ip=",
+    "fail-nbd-server-down":
+        rf"storage-init: wait-bootfs: Failed to connect to the NBD server {NBD_HOST}:\d+: "
+        rf"Connection refused; check that an NBD server listens on {NBD_HOST}:\d+ and that the "
+        r"link's address and gateway \(ip=\) reach it",
+    "fail-nbd-no-export":
+        rf"storage-init: wait-bootfs: Failed to attach nbd:{NBD_HOST}:\d+/nope: export 'nope': "
+        r"no such export on the server.*; check the export name",
+    "fail-nbd-local-build":
+        rf"storage-init: bring-up-network: Failed to bring up eth0 for the bootfs "
+        rf"nbd:{NBD_HOST}:\d+/{NBD_EXPORT}: this storage-init has no pyroute2 \(it was frozen "
+        r"for a local bootfs\); check the mini-initramfs: rebuild it with initoverlayfs-install "
+        r"--network",
 }
 
 
