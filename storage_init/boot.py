@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
 
 from . import TYPE_CHECKING, jsonout
 from .cmdline import DEBUG, Param, flag
@@ -16,6 +15,7 @@ from .settings import NEW_ROOT, SCRATCH, Settings
 
 if TYPE_CHECKING:
     import _socket
+    from collections.abc import Callable, Mapping, Sequence
     from typing import NoReturn
 
     from .devices import BlockDevice

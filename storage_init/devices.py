@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 
 from . import TYPE_CHECKING
 from .devspec import DeviceSpec
@@ -55,6 +54,7 @@ class BlockDevice:
 
 if TYPE_CHECKING:
     import _socket
+    from collections.abc import Callable
     from typing import Protocol
 
     class _Kernel(Protocol):

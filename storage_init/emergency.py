@@ -9,8 +9,6 @@ that is refused, the process blocks forever with the message on screen.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from . import TYPE_CHECKING
 from .cmdline import Param, flag, last_value
 from .kernel import RB_AUTOBOOT, RB_HALT_SYSTEM, RB_POWER_OFF
@@ -33,6 +31,7 @@ class Policy:
 
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import NoReturn, Protocol
 
     class _Kernel(Protocol):

@@ -8,6 +8,7 @@ unit tests drive against a recording fake with the same methods.
 
 from __future__ import annotations
 
+import _functools  # type: ignore[import-not-found]  # partial, without functools: import_pyudev
 import _socket  # not socket: its enum conversion of every constant is start time
 import ctypes
 import errno
@@ -15,13 +16,14 @@ import fcntl
 import os
 import select
 import stat
+import sys
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
 
 from . import TYPE_CHECKING, standins
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
     from typing import NoReturn
 
 # loop ioctls (linux/loop.h), named in the debug trace
@@ -93,6 +95,18 @@ def _no_timedelta(*args: object, **kwargs: object) -> object:
     raise OSError(errno.ENOSYS, "storage-init does not ask pyudev for device ages")
 
 
+def _wraps(wrapped: Callable[..., object]) -> Callable[[Callable[..., object]], object]:
+    """functools.wraps for pyudev's one decorator: the wrapper takes the wrapped function's
+    name, qualified name, module and docstring, and __wrapped__."""
+    def decorate(wrapper: Callable[..., object]) -> object:
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            if hasattr(wrapped, attribute):
+                setattr(wrapper, attribute, getattr(wrapped, attribute))
+        wrapper.__wrapped__ = wrapped  # type: ignore[attr-defined]
+        return wrapper
+    return decorate
+
+
 class _NoThread:
     """pyudev.monitor subclasses threading.Thread for MonitorObserver, which storage-init
     never starts (it reads uevents from its own socket)."""
@@ -102,7 +116,7 @@ class _NoThread:
 
 
 def import_pyudev() -> types.ModuleType:
-    """pyudev, imported with stand-ins for five stdlib modules it imports but storage-init
+    """pyudev, imported with stand-ins for seven stdlib modules it imports but storage-init
     never uses through it (or, for re, uses later if ever).
 
     - ctypes.util: pyudev finds libudev with its find_library, which needs ldconfig or a
@@ -115,11 +129,17 @@ def import_pyudev() -> types.ModuleType:
       pyudev's import (natively, -X importtime);
     - re, lazily: pyudev compiles regexes only inside functions storage-init does not call
       (device numbers from strings), and importing re with enum was 15 million instructions
-      (callgrind, natively); the stand-in imports the real re if one of them ever runs.
+      (callgrind, natively); the stand-in imports the real re if one of them ever runs;
+    - collections and functools: pyudev subclasses collections.abc's ABCs, which live in
+      _collections_abc (loaded with os), and uses functools.wraps once and partial (from the
+      built-in _functools); the real packages
+      (namedtuple, OrderedDict, partial, lru_cache...) were 3 ms natively, ~100 ms under TCG.
 
     (storage_init.standins says how stand-ins are put in place and taken out again.)
     """
     def importer() -> types.ModuleType:
+        if not hasattr(sys.modules["collections"], "abc"):  # the real one, loaded before
+            import collections.abc  # noqa: F401  (pyudev uses it without importing it)
         import pyudev
         module: types.ModuleType = pyudev
         return module
@@ -132,10 +152,13 @@ def import_pyudev() -> types.ModuleType:
         "datetime": standins.module("datetime", timedelta=_no_timedelta),
         "threading": standins.module("threading", Thread=_NoThread),
         "re": standins.lazy("re"),
+        "collections": standins.module("collections", abc=sys.modules["_collections_abc"]),
+        "functools": standins.module("functools", wraps=_wraps, partial=_functools.partial),
     }, importer)
 
 
-Tracer = Callable[[str], None]
+if TYPE_CHECKING:
+    Tracer = Callable[[str], None]
 
 
 class _StatFs(ctypes.Structure):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
 
 from . import TYPE_CHECKING, __version__
 from .boot import Boot, Paths
@@ -23,6 +22,7 @@ from .steps import RDINIT, SYSTEMD, steps_for
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
 

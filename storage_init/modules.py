@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
 
 from . import TYPE_CHECKING
 from .globs import fnmatchcase
@@ -131,6 +130,7 @@ def parse_index(dep: str, alias: str, builtin: str, softdep: str = "") -> Module
 
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Protocol
 
     class _Kernel(Protocol):

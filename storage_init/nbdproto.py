@@ -11,9 +11,12 @@ server byte for byte. It asks with NBD_OPT_GO, whose error replies tell "no such
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
+from . import TYPE_CHECKING
 from .record import record
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NBDMAGIC = b"NBDMAGIC"
 IHAVEOPT = 0x49484156454F5054
@@ -63,8 +66,9 @@ class Export:
         return bool(self.flags & TRANSMIT_READ_ONLY)
 
 
-Recv = Callable[[int], bytes]  # exactly n bytes, or OSError / NbdError
-Send = Callable[[bytes], None]
+if TYPE_CHECKING:
+    Recv = Callable[[int], bytes]  # exactly n bytes, or OSError / NbdError
+    Send = Callable[[bytes], None]
 
 
 def _option(option: int, data: bytes) -> bytes:

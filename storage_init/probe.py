@@ -12,12 +12,17 @@ data; unrecognised input gives None or an empty dict. Exceptions raised by the r
 (an I/O error on a failing disk) are left to the caller.
 """
 
-import struct
-from collections.abc import Callable
+from __future__ import annotations
 
+import struct
+
+from . import TYPE_CHECKING
 from .record import record
 
-Reader = Callable[[int, int], bytes]
+if TYPE_CHECKING:  # (collections.abc imports collections: start time for an annotation)
+    from collections.abc import Callable
+
+    Reader = Callable[[int, int], bytes]
 
 
 @record(frozen=True)

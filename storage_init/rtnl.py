@@ -16,12 +16,12 @@ import os
 import struct
 import sys
 import types
-from collections.abc import Iterator
 
 from . import TYPE_CHECKING, standins
 
 if TYPE_CHECKING:
     import _socket
+    from collections.abc import Iterator
 
     from .kernel import Kernel
 

@@ -7,8 +7,7 @@ it would be worse; a bad or missing bootfs is an error, because nothing can be f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from . import TYPE_CHECKING
 from .cmdline import Param, flag, last_value
 from .config import Config, ConfigError, parse_fstype, parse_image_path
 from .devspec import DeviceSpec, SpecError, parse_spec
@@ -16,6 +15,9 @@ from .emergency import ACTIONS
 from .netconf import STATIC_FORM, IpConfig, parse_ip
 from .record import record
 from .verity import BLOCK, Verity
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DEFAULT_TIMEOUT = 30.0
 NEW_ROOT = "/initoverlayfs"

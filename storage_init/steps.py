@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
 
-from . import dm, loop, switchroot, udev, verity
+from . import TYPE_CHECKING, dm, loop, switchroot, udev, verity
 from .boot import Boot, VerifiedDevice
 from .cmdline import flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
@@ -23,6 +22,9 @@ from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .modules import Loader
 from .record import record
 from .settings import VERITY, resolve
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 RDINIT, SYSTEMD = "rdinit", "systemd"
 BOTH = frozenset({RDINIT, SYSTEMD})

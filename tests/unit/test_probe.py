@@ -5,6 +5,8 @@ on the same image, so the probe is held to what those tools print, not to consta
 A missing tool fails the test with the Debian package to install; nothing is skipped.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -14,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,10 +25,12 @@ from hypothesis import strategies as st
 from storage_init.probe import (
     Filesystem,
     Partition,
-    Reader,
     probe_filesystem,
     probe_partitions,
 )
+
+if TYPE_CHECKING:
+    from storage_init.probe import Reader
 
 DEBIAN_PACKAGE = {
     "mkfs.ext2": "e2fsprogs",

@@ -107,7 +107,7 @@ def test_storage_init_imports_none_of_the_costly_modules() -> None:
     # jsonout.py, steps.failing, globs.py; the frozen binary's own inspect is frozen_inspect.py,
     # which imports none of ast, dis, tokenize).
     costly = ("typing", "dataclasses", "socket", "argparse", "inspect", "ast", "dis", "tokenize",
-              "json", "contextlib", "re", "enum", "fnmatch",
+              "json", "contextlib", "re", "enum", "fnmatch", "collections", "functools",
               # a boot from a local disk pays nothing for the network (issue 14)
               "pyroute2", "storage_init.network", "storage_init.rtnl", "storage_init.nbdproto")
     loaded = _probe("import sys, storage_init.main; print(' '.join(sys.modules))").split()
@@ -178,15 +178,26 @@ def test_the_network_freeze_adds_pyroute2_and_the_local_one_does_not(tmp_path: P
     assert freeze.cache_dir(True) != freeze.cache_dir()
 
 
-def test_a_boot_with_pyudev_imports_no_re() -> None:
-    # pyudev gets a lazy re: its regexes are in functions a boot does not call
+def test_a_boot_with_pyudev_imports_no_re_collections_or_functools() -> None:
+    # pyudev gets a lazy re (its regexes are in functions a boot does not call), the ABCs of
+    # collections.abc from _collections_abc, and functools' wraps and partial
     out = _probe("import sys, storage_init.main, storage_init.kernel as k\n"
                  "c = k.import_pyudev().Context()\n"
                  "[d.properties.get('DEVNAME') for d in c.list_devices(subsystem='block')]\n"
-                 "print('re' in sys.modules, 'enum' in sys.modules)\n"
-                 "import pyudev.discover as d\n"
-                 "print(d.re.compile(r'\\d+').fullmatch('42') is not None, 're' in sys.modules)")
-    assert out.splitlines() == ["False False", "True True"]  # and it works when used
+                 "print(*(m in sys.modules for m in ('re', 'enum', 'collections', 'functools')))\n"
+                 "import pyudev.discover as d, pyudev.device as v, collections.abc as abc\n"
+                 "print(d.re.compile(r'\\d+').fullmatch('42') is not None, 're' in sys.modules)\n"
+                 "print(issubclass(v.Device, abc.Mapping), "
+                 "d.wrap_exception(v.Devices.from_path).__name__)")
+    assert out.splitlines() == ["False False False False", "True True",  # and it works when used
+                                "True from_path"]
+
+
+def test_pyudev_imports_when_the_real_collections_is_loaded_without_its_abc() -> None:
+    # pyudev uses collections.abc without importing it; a host process may have collections
+    out = _probe("import sys, collections, storage_init.kernel as k\n"
+                 "print(k.import_pyudev().Context() is not None)")
+    assert out.splitlines() == ["True"]
 
 
 def test_pyudev_stand_ins_exist_only_during_its_import() -> None:

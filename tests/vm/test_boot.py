@@ -95,7 +95,7 @@ def test_frozen_start_imports_only_what_the_boot_needs(boots: dict[str, BootResu
     assert "pyudev.discover" in later, sorted(later)  # imported by the trigger step
     removed = {"ast", "dis", "tokenize", "typing", "dataclasses", "socket", "argparse",
                "subprocess", "threading", "datetime", "json", "contextlib", "re", "enum",
-               "fnmatch"}
+               "fnmatch", "collections", "functools"}
     assert sorted((at_start | later) & removed) == []
     assert "pyudev" not in at_start
     # a local bootfs pays nothing for the network: its step imports none of it
