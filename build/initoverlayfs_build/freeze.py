@@ -100,24 +100,26 @@ NOT_NEEDED = (
 
 
 # pyroute2 for a bootfs on the network (storage_init/rtnl.py imports these and nothing else of
-# it), and the modules of NOT_NEEDED that they import: pyroute2.config imports multiprocessing
-# and platform, ifinfmsg pkgutil (for its plugins), pyroute2.common typing and threading.
-# The package itself is in, for its submodules to be found, with its `__init__` (the whole
-# API: ~300 modules, asyncio, ssl, sqlite3) replaced by one line (package_configuration).
+# it), and the modules of NOT_NEEDED that they import at run time: ifinfmsg imports pkgutil
+# (for its plugins), pyroute2.common typing and threading. The package itself is in, for its
+# submodules to be found, with its `__init__` (the whole API: ~300 modules, asyncio, ssl,
+# sqlite3) replaced by one line; and the modules that storage_init.rtnl's import stands in
+# for (multiprocessing, platform, logging, traceback) are taken from sys.modules instead of
+# imported, so that Nuitka does not follow them either: multiprocessing alone brought pickle,
+# hashlib and libcrypto (4.8 MB) into the folder (package_configuration).
 PYROUTE2_INIT = '"""pyroute2, frozen for storage-init: its netlink message classes only."""'
+STOOD_IN = {  # pyroute2 module: the imports that storage_init.rtnl's stand-ins serve
+    "pyroute2.config": ("multiprocessing", "platform"),
+    "pyroute2.netlink": ("logging", "traceback"),
+    "pyroute2.netlink.rtnl.ifinfmsg": ("logging",),
+}
 NETWORK_MODULES = ("pyroute2", "pyroute2.common", "pyroute2.config", "pyroute2.netlink",
                    "pyroute2.netlink.exceptions", "pyroute2.netlink.rtnl",
                    "pyroute2.netlink.rtnl.ifaddrmsg", "pyroute2.netlink.rtnl.rtmsg",
                    "pyroute2.netlink.rtnl.iw_event")
 NETWORK_PACKAGES = ("pyroute2.netlink.rtnl.ifinfmsg",)  # with its plugins
-NETWORK_NEEDS = frozenset({
-    "_blake2", "_bz2", "_compat_pickle", "_csv", "_hashlib", "_lzma", "_pickle", "base64",
-    "bz2", "calendar", "csv", "dataclasses", "datetime", "email", "glob", "hashlib",
-    "importlib.metadata", "importlib.resources", "ipaddress", "lzma", "multiprocessing",
-    "pathlib", "pickle", "pkgutil", "platform", "quopri", "random", "shlex", "subprocess",
-    "sysconfig", "tempfile", "threading", "typing", "urllib", "zipfile"})
-NETWORK_EXTENSIONS = frozenset({"_datetime.so", "_opcode.so", "_random.so", "_sha512.so",
-                                "_typing.so", "binascii.so", "zlib.so"})
+NETWORK_NEEDS = frozenset({"pkgutil", "threading", "typing"})
+NETWORK_EXTENSIONS = frozenset({"_typing.so"})
 
 
 def not_needed(network: bool) -> tuple[str, ...]:
@@ -183,7 +185,19 @@ def package_configuration(network: bool = False) -> str:
                    "    - description: 'storage-init: the message classes, not the package API'\n"
                    "      module_code: |\n"
                    f"        {PYROUTE2_INIT}\n")
+        for module, names in STOOD_IN.items():
+            config += (f"- module-name: '{module}'\n"
+                       "  anti-bloat:\n"
+                       "    - description: 'storage-init: stand-ins from storage_init.rtnl'\n"
+                       "      replacements_plain:\n")
+            config += "".join(f"        'import {name}': '{stood_in(name)}'\n" for name in names)
     return config
+
+
+def stood_in(name: str) -> str:
+    """What replaces `import NAME` in a STOOD_IN module: the stand-in that storage_init.rtnl
+    put in sys.modules for the import (a KeyError names it if imported any other way)."""
+    return f"{name} = __import__(\"sys\").modules[\"{name}\"]"
 
 
 def link_environment() -> dict[str, str]:

@@ -259,6 +259,11 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if network:
         drivers = [*drivers, *kmods.network_drivers()]
     fstypes = [fstype] if fstype else list(kmods.GENERIC_FS)
+    if not fstype:
+        # (a bootfs on the network, or a config without it: its fstab entry is not read)
+        ui.info(f"no bootfstype in the config: the mini-initramfs gets the modules of "
+                f"{', '.join(fstypes)} (xfs and btrfs are 8 MB unpacked); name the bootfs's "
+                "filesystem as `bootfstype` in /etc/initoverlayfs.conf to ship only its own")
     wanted = kmods.wanted_modules([*drivers, *extra], fstypes)
     if args.verity:
         wanted.append(VERITY_MODULE)

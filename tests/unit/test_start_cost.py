@@ -170,12 +170,49 @@ def test_the_network_freeze_adds_pyroute2_and_the_local_one_does_not(tmp_path: P
     assert f"--include-module={','.join(freeze.NETWORK_MODULES)}" in network
     # the package is in (its submodules are found through it) with an empty __init__
     assert "pyroute2" in freeze.NETWORK_MODULES
-    assert "- module-name: 'pyroute2'" not in freeze.package_configuration()
-    pyroute2 = freeze.package_configuration(network=True).split("- module-name: 'pyroute2'")[1]
+    assert "- module-name: 'pyroute2" not in freeze.package_configuration()
+    pyroute2 = freeze.package_configuration(network=True).split(
+        "- module-name: 'pyroute2'\n")[1].split("\n- module-name:")[0]
     assert pyroute2.split("module_code: |\n")[1].strip() == freeze.PYROUTE2_INIT
     assert [type(n) for n in ast.parse(freeze.PYROUTE2_INIT).body] == [ast.Expr]  # a docstring
     assert freeze.source_key(network=True) != freeze.source_key()
     assert freeze.cache_dir(True) != freeze.cache_dir()
+
+
+def test_the_network_freeze_hides_the_stood_in_imports_from_nuitka() -> None:
+    # Each replaced import is in the installed pyroute2 exactly once (else the replacement
+    # stops applying, and Nuitka follows multiprocessing, and with it libcrypto, again), and
+    # what replaces it is the stand-in storage_init.rtnl put in sys.modules.
+    import importlib.util
+    import types
+
+    from initoverlayfs_build import freeze
+
+    from storage_init import rtnl
+    config = freeze.package_configuration(network=True)
+    stand_ins = rtnl._stand_ins()
+    for module, names in freeze.STOOD_IN.items():
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None
+        source = Path(spec.origin).read_text()
+        block = config.split(f"- module-name: '{module}'\n")[1].split("\n- module-name:")[0]
+        for name in names:
+            assert name in stand_ins, name
+            assert [ln.strip() for ln in source.splitlines()].count(f"import {name}") == 1
+            assert source.count(f"import {name}") == 1, (module, name)
+            assert f"'import {name}': '{freeze.stood_in(name)}'" in block
+            namespace: dict[str, object] = {}
+            saved = sys.modules.get(name)
+            sys.modules[name] = stand_ins[name]
+            try:
+                exec(freeze.stood_in(name), namespace)
+            finally:
+                if saved is None:
+                    del sys.modules[name]
+                else:
+                    sys.modules[name] = saved
+            assert namespace[name] is stand_ins[name]
+            assert isinstance(namespace[name], types.ModuleType)
 
 
 def test_a_boot_with_pyudev_imports_no_re_collections_or_functools() -> None:

@@ -134,8 +134,9 @@ class Artifacts:
 
 
 def network_config(port: int) -> str:
-    """The /etc/initoverlayfs.conf of the network builds: what a user writes for NBD."""
-    return f"bootfs nbd:{NBD_HOST}:{port}/{NBD_EXPORT}\nip {NET_IP}\n"
+    """The /etc/initoverlayfs.conf of the network builds: what a user writes for NBD (with
+    the bootfs's filesystem, which no fstab entry tells the builder)."""
+    return f"bootfs nbd:{NBD_HOST}:{port}/{NBD_EXPORT}\nbootfstype ext4\nip {NET_IP}\n"
 
 
 def build_network(artifacts: Artifacts, content: Path, flavours: tuple[str, ...]) -> None:
