@@ -72,10 +72,11 @@ def _no_process(*args: object, **kwargs: object) -> object:
 
 def _stand_ins() -> dict[str, types.ModuleType]:
     """What pyroute2's message modules import and storage-init never uses through them: they
-    were about half of their import (natively, 32 -> 16 ms by -X importtime; under QEMU TCG
-    about 40x that). pyroute2.config reads multiprocessing's Pipe, Queue and Process and the
-    machine's uname through platform at import; logging (with traceback, threading, string)
-    only logs; traceback is lazy, for the error paths that format a stack."""
+    were a third of their import (natively, 32 -> 21 ms by -X importtime; bring-up-network
+    1.6 -> 0.5 s under QEMU TCG, with the freeze leaving them out too). pyroute2.config reads
+    multiprocessing's Pipe, Queue and Process and the machine's uname through platform at
+    import; logging (with traceback, threading, string) only logs; traceback is lazy, for
+    the error paths that format a stack."""
     uname = os.uname()
     root = _Logger()
     return {

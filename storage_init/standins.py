@@ -1,6 +1,6 @@
 """Stand-ins for stdlib modules that a third-party package imports but storage-init never uses
-through it: every module imported at boot is start time (under QEMU TCG, about 40 ms per
-natively measured millisecond).
+through it: every module imported at boot is start time (under QEMU TCG, 20 to 50 times
+what it costs natively: code that runs once is translated once, and that dominates).
 
 A stand-in goes into sys.modules only where the real module is not loaded yet (in a host
 process it usually is, and the package then gets the real one), and only for the duration of
