@@ -144,6 +144,9 @@ class Boot:
             "python_modules_at_start": sorted(self.modules_at_start),
             # and what the steps imported after it (pyudev, in the trigger step)
             "python_modules_later": sorted(set(sys.modules) - set(self.modules_at_start)),
+            # set by the freeze's C shim when Nuitka's start-up patch came precompiled
+            # (build/initoverlayfs_build/nuitka_precompiled.py): no compiler ran at boot
+            "runtime_patch_precompiled": getattr(sys, "_storage_init_precompiled", False),
         }
         return (jsonout.dumps(report) + "\n").encode()
 

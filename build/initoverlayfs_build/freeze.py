@@ -20,6 +20,9 @@ Why these Nuitka options (measured on this project, see DESIGN.md):
   the real one costs more than half of a frozen program's start (see that file);
 - a user plugin (nuitka_bytecode.py) that puts storage-init's modules and pyudev into the
   binary as bytecode, not C: a faster start and a smaller binary (see that file);
+- a user plugin (nuitka_precompiled.py) that serves the Python source Nuitka's runtime
+  compiles at every start as a code object compiled at build time: no parser or compiler
+  runs at boot (see that file);
 - nofollow for stdlib parts storage-init never imports at run time (hashing, decimal, pickle,
   codecs tables...): every module left out is start time and initramfs bytes saved.
 With --network (a bootfs on NBD) a second folder is frozen that also holds pyroute2's netlink
@@ -57,6 +60,7 @@ from .ui import Ui
 BINARY = "storage-init"
 INSPECT_SOURCE = Path(__file__).with_name("frozen_inspect.py")
 BYTECODE_PLUGIN = Path(__file__).with_name("nuitka_bytecode.py")
+PRECOMPILED_PLUGIN = Path(__file__).with_name("nuitka_precompiled.py")
 STAMP = ".initoverlayfs-freeze"
 NETWORK_MARK = ".initoverlayfs-network"  # in a folder frozen with --network
 INSTALLED = Path("/usr/lib/initoverlayfs/storage-init")
@@ -163,6 +167,7 @@ def source_key(python: str = sys.executable, network: bool = False) -> str:
     digest.update(Path(__file__).read_bytes())
     digest.update(INSPECT_SOURCE.read_bytes())
     digest.update(BYTECODE_PLUGIN.read_bytes())
+    digest.update(PRECOMPILED_PLUGIN.read_bytes())
     digest.update(sys.version.encode() + python.encode())
     with contextlib.suppress(metadata.PackageNotFoundError):  # reported when Nuitka runs
         digest.update(metadata.version("nuitka").encode())
@@ -227,6 +232,7 @@ def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
         "--python-flag=static_hashes", "--python-flag=no_docstrings", "--lto=yes",
         "--include-package=pyudev", *extra, f"--nofollow-import-to={','.join(nofollow)}",
         f"--user-package-configuration-file={config}", f"--user-plugin={BYTECODE_PLUGIN}",
+        f"--user-plugin={PRECOMPILED_PLUGIN}",
         f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
         "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),
     ]

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,61 @@ def test_bytecode_plugin_decides_for_our_packages_only() -> None:
     assert [decide(None, n) for n in ("storage_init", "storage_init.kernel", "pyudev.device",
                                       "pyudevx", "storage_initx", "json", "__main__")] == [
         "bytecode", "bytecode", "bytecode", None, None, None, None]
+
+
+def _precompiled_plugin() -> Any:
+    import importlib.util
+
+    from initoverlayfs_build import freeze
+    spec = importlib.util.spec_from_file_location("nuitka_precompiled", freeze.PRECOMPILED_PLUGIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_start_up_patch_source_is_read_from_the_installed_nuitka() -> None:
+    # Fails when a Nuitka update moves or changes InspectPatcher.c's Python source: then the
+    # shim would only fall back to the compiler (and the VM tier's timings check fails too).
+    plugin = _precompiled_plugin()
+    source = plugin.patch_source(plugin.PATCHER.read_text())
+    code = compile(source, plugin.NAME, "exec", dont_inherit=True)
+    names = set(code.co_names)
+    assert {"_old_GeneratorWrapper", "_types_coroutine", "_coroutine_wrapped"} <= names
+    assert "_get_code_position" in names  # the Python 3.11 part of the #if
+    assert "\\n" not in source and source.count("\n") > 40
+
+
+def test_the_shim_serves_that_source_precompiled_and_compiles_anything_else(
+        tmp_path: Path) -> None:
+    """The shim's C, built against this Python and called in this process: the patch source
+    comes back as the code object compiled at build time (and says so in sys), any other
+    source from the real compiler."""
+    import ctypes
+    import sysconfig
+
+    plugin = _precompiled_plugin()
+    source = plugin.patch_source(plugin.PATCHER.read_text())
+    (tmp_path / "shim.c").write_text(plugin.shim_code(source))
+    library = tmp_path / "shim.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", f"-I{sysconfig.get_paths()['include']}",
+                    f"-DPy_CompileStringExFlags={plugin.SHIM}", "-o", str(library),
+                    str(tmp_path / "shim.c")], check=True, capture_output=True)
+    shim = getattr(ctypes.PyDLL(str(library)), plugin.SHIM)
+    shim.restype = ctypes.py_object
+    shim.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p,
+                     ctypes.c_int]
+    file_input = 257  # Py_file_input
+    try:
+        code = shim(source.encode(), plugin.NAME.encode(), file_input, None, -1)
+        assert sys._storage_init_precompiled is True  # type: ignore[attr-defined]
+        assert code.co_filename == plugin.NAME
+        assert code == compile(source, plugin.NAME, "exec", dont_inherit=True)
+        del sys._storage_init_precompiled  # type: ignore[attr-defined]
+        other = shim(b"x = 6 * 7\n", plugin.NAME.encode(), file_input, None, -1)
+        namespace: dict[str, object] = {}
+        exec(other, namespace)
+        assert namespace["x"] == 42 and not hasattr(sys, "_storage_init_precompiled")
+    finally:
+        if hasattr(sys, "_storage_init_precompiled"):
+            del sys._storage_init_precompiled
