@@ -132,8 +132,9 @@ def import_pyudev() -> types.ModuleType:
       (callgrind, natively); the stand-in imports the real re if one of them ever runs;
     - collections and functools: pyudev subclasses collections.abc's ABCs, which live in
       _collections_abc (loaded with os), and uses functools.wraps once and partial (from the
-      built-in _functools); the real packages
-      (namedtuple, OrderedDict, partial, lru_cache...) were 3 ms natively, ~100 ms under TCG.
+      built-in _functools); the packages around them (namedtuple, OrderedDict, lru_cache...)
+      were 2.6 of the 18.2 million instructions of pyudev's import and enumeration
+      (callgrind, natively).
 
     (storage_init.standins says how stand-ins are put in place and taken out again.)
     """
