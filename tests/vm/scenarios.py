@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import tempfile
@@ -210,19 +211,34 @@ def run_all(artifacts: Artifacts, scenarios: list[Scenario],
         return {name: future.result() for name, future in futures.items()}
 
 
+# A kernel message printed while the test init writes its report lands inside the report's
+# line on the serial console (seen: "IPv6: ADDRCONF(NETDEV_CHANGE): eth0: link becomes ready"
+# in the middle of the JSON); the kernel's line ends with its own newline, so taking every
+# timestamped kernel line out rejoins the report.
+KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\] [^\n]*\n")
+
+
+def report_line(run: BootResult, prefix: str) -> str | None:
+    """The JSON after `prefix` on the line the test init printed, kernel messages taken out."""
+    text = KERNEL_LINE.sub("", run.console)
+    return next((ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(prefix)),
+                None)
+
+
 def result_of(run: BootResult) -> dict[str, object]:
     """The test init's one-line report, parsed."""
-    line = next((ln for ln in run.console.splitlines()
-                 if ln.startswith("INITOVERLAYFS-RESULT ")), None)
+    line = report_line(run, "INITOVERLAYFS-RESULT ")
     if line is None:
         raise AssertionError("no INITOVERLAYFS-RESULT line\n" + run.describe())
-    result: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    result: dict[str, object] = json.loads(line)
     return result
 
 
 def timings_of(run: BootResult) -> dict[str, object]:
-    line = next(ln for ln in run.console.splitlines() if ln.startswith("INITOVERLAYFS-TIMINGS "))
-    timings: dict[str, object] = json.loads(line.split(" ", 1)[1])
+    line = report_line(run, "INITOVERLAYFS-TIMINGS ")
+    if line is None:
+        raise AssertionError("no INITOVERLAYFS-TIMINGS line\n" + run.describe())
+    timings: dict[str, object] = json.loads(line)
     return timings
 
 
