@@ -12,7 +12,14 @@ import pytest
 from storage_init.kernel import MS_MOVE, MS_RDONLY, Kernel, flag_names
 from storage_init.log import Log
 from storage_init.loop import LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY, loop_config, loop_info64
-from storage_init.modules import Loader, module_name, parse_index
+from storage_init.modules import (
+    CPU_MODALIAS,
+    Loader,
+    cpu_patterns,
+    fits_cpu,
+    module_name,
+    parse_index,
+)
 
 from .fakekernel import FakeKernel
 
@@ -150,9 +157,51 @@ def test_real_kernel_removes_a_tree_without_crossing_devices(tmp_path: Path) -> 
     assert (tmp_path / "keep").exists()
 
 
+# /sys/devices/system/cpu/modalias of QEMU's default TCG CPU (no SSE4.2, feature 0094)
+QEMU64 = ("cpu:type:x86,ven0000fam0006mod0006:feature:,0000,0001,0002,0003,0004,0005,0006,"
+          "0007,0008,0009,000B,000C,000D,000E,000F,0010,0011,0013,0017,0018,0019,001A,002B,"
+          "0034,003A,003B,003D,0068,006F,0070,0072,0074,0075,0076,0080,0081,0089,008D,00C0")
+SSE42 = QEMU64.replace(",0089,", ",0089,0094,")
+CPU_DEP = "kernel/crc32c-intel.ko:\nkernel/crc32c_generic.ko:\nkernel/libcrc32c.ko:\n"
+CPU_ALIAS = ("alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\n"
+             "alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel\n")
+CPU_SOFTDEP = "softdep libcrc32c pre: crypto-crc32c\n"
+
+
+def test_cpu_aliases_say_which_cpus_a_module_is_for() -> None:
+    patterns = cpu_patterns(parse_index(CPU_DEP, CPU_ALIAS, "").aliases)
+    assert patterns == {"crc32c_intel": ("cpu:type:x86,ven*fam*mod*:feature:*0094*",)}
+    assert fits_cpu(patterns["crc32c_intel"], SSE42)
+    assert not fits_cpu(patterns["crc32c_intel"], QEMU64)
+    assert fits_cpu((), QEMU64)  # no cpu: alias: for every CPU
+    assert fits_cpu(patterns["crc32c_intel"], "")  # CPU unknown: load it, as modprobe would
+
+
+@pytest.mark.parametrize(("modalias", "inserted"), [
+    (QEMU64, ["crc32c_generic", "libcrc32c"]),
+    (SSE42, ["crc32c_intel", "crc32c_generic", "libcrc32c"]),
+    (None, ["crc32c_intel", "crc32c_generic", "libcrc32c"]),  # no such file in /sys
+])
+def test_loader_skips_a_module_made_for_cpu_features_this_cpu_lacks(
+        modalias: str | None, inserted: list[str]) -> None:
+    k = FakeKernel()
+    for name in ("crc32c-intel", "crc32c_generic", "libcrc32c"):
+        k.add_file(f"/m/kernel/{name}.ko", b"\x7fELF")
+    if modalias is not None:
+        k.add_file(CPU_MODALIAS, modalias.encode() + b"\n")
+    log = Log(k)
+    log.console_fd = 2
+    loader = Loader(k, log, "/m", parse_index(CPU_DEP, CPU_ALIAS, "", CPU_SOFTDEP))
+    assert loader.load(["libcrc32c"]) == inserted
+    assert [path.rsplit("/", 1)[1] for _, path, _ in k.recorded("finit_module")] == [
+        name.replace("crc32c_intel", "crc32c-intel") + ".ko" for name in inserted]
+    assert loader.failed == {}
+    assert b"".join(k.written.get("fd2", [])) == b""  # a debug line only, not a warning
+
+
 def test_a_module_without_its_hardware_is_not_a_failure() -> None:
-    """ENODEV (crc32c_intel on a CPU without SSE4.2) is expected, as for modprobe: no warning,
-    and not listed among the failures a timeout message reports."""
+    """ENODEV (the module's hardware is absent) is expected, as for modprobe: no warning, and not
+    listed among the failures a timeout message reports."""
     k = FakeKernel()
     k.add_file("/m/kernel/d-e.ko", b"\x7fELF")
     k.errors[("finit_module", "/m/kernel/d-e.ko")] = [errno.ENODEV]

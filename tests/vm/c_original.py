@@ -22,6 +22,7 @@ from initoverlayfs_build import compress, cpio, elf, kmods
 from initoverlayfs_build.mini import CONSOLE, Tree
 from initoverlayfs_build.ui import Ui
 
+from storage_init import modules
 from tests.support.debian_kernel import DebianKernel
 
 HERE = Path(__file__).resolve().parent
@@ -101,13 +102,14 @@ def build(source: Path, work: Path, kernel: DebianKernel, config: Path) -> Built
     for lib in elf.closure([binary], elf.search_dirs()):
         tree.file(lib.path, lib.source.read_bytes(), 0o755)
     listed = []
+    cpu = modules.cpu_patterns(index.aliases)
     for name in names:
         relative = index.paths[name]
         if not relative.endswith(".ko"):
             raise RuntimeError(f"{relative}: the wrapper loads uncompressed modules only")
         path = f"lib/modules/{kernel.kver}/{relative}"
         tree.file(path, (kernel.modules / relative).read_bytes())
-        listed.append("/" + path)
+        listed.append("\t".join(("/" + path, *cpu.get(name, ()))))
     tree.file(MODULE_LIST, ("\n".join(listed) + "\n").encode())
     tree.file("etc/initoverlayfs.conf", config.read_bytes())
     archive = cpio.write(tree.entries.values(), 0)
