@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import encodings
 import hashlib
 import importlib.util
 import os
+import pkgutil
 import shutil
 import sys
 import sysconfig
@@ -49,6 +51,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from xml.etree import ElementTree
 
 import storage_init
 
@@ -61,6 +64,11 @@ BINARY = "storage-init"
 INSPECT_SOURCE = Path(__file__).with_name("frozen_inspect.py")
 BYTECODE_PLUGIN = Path(__file__).with_name("nuitka_bytecode.py")
 PRECOMPILED_PLUGIN = Path(__file__).with_name("nuitka_precompiled.py")
+EARLY_IMPORTS_PLUGIN = Path(__file__).with_name("nuitka_early_imports.py")
+# A codec that EARLY_IMPORTS_PLUGIN leaves out: its name in the binary means the plugin did
+# not apply (Nuitka changed), and the freeze fails instead of shipping 0.7 MB more.
+EARLY_IMPORTS_SAMPLE = "encodings.cp437"
+REPORT = "nuitka-report.xml"  # in the freeze's output folder, read by check_early_imports
 STAMP = ".initoverlayfs-freeze"
 NETWORK_MARK = ".initoverlayfs-network"  # in a folder frozen with --network
 INSTALLED = Path("/usr/lib/initoverlayfs/storage-init")
@@ -81,8 +89,8 @@ NOT_NEEDED = (
     "platform",
     # what storage_init.record and TYPE_CHECKING replace (typing: only mypy reads it). Not
     # inspect: the Nuitka runtime imports it at every start, and package_configuration()
-    # makes it frozen_inspect.py, which imports nothing. (Nuitka still ships ast, dis and
-    # tokenize, as bytecode never loaded: it decides what the start needs with the real inspect.)
+    # makes it frozen_inspect.py, which imports nothing. (Nuitka decides what the start
+    # needs with the real inspect: EARLY_IMPORTS_PLUGIN takes dis and opcode off that list.)
     "dataclasses", "typing",
     # the rest of the stdlib that Nuitka's standalone mode ships as bytecode because a
     # program could import it; nothing on storage-init's paths does (test_start_cost.py)
@@ -95,6 +103,9 @@ NOT_NEEDED = (
     "colorsys", "crypt", "uu", "xdrlib", "quopri", "pipes", "nturl2path", "_aix_support",
     "_osx_support", "_bootsubprocess", "_compat_pickle", "_markupbase", "_py_abc",
     "_threading_local", "__hello__", "__phello__", "base64", "numbers",
+    # and more that Nuitka ships as "the non-excluded parts of the standard library": json
+    # (storage_init.jsonout writes the timings), the build's configuration data
+    "json", "_json", "string", "bisect", "_bisect", "quopri", "contextvars", "_sysconfigdata_*",
     # pyudev imports these for functions storage-init never calls (Kernel.import_pyudev)
     "subprocess", "datetime", "threading",
     # pyudev's GUI-toolkit bindings
@@ -105,12 +116,14 @@ NOT_NEEDED = (
 
 # pyroute2 for a bootfs on the network (storage_init/rtnl.py imports these and nothing else of
 # it), and the modules of NOT_NEEDED that they import at run time: ifinfmsg imports pkgutil
-# (for its plugins), pyroute2.common typing and threading. The package itself is in, for its
-# submodules to be found, with its `__init__` (the whole API: ~300 modules, asyncio, ssl,
-# sqlite3) replaced by one line; and the modules that storage_init.rtnl's import stands in
-# for (multiprocessing, platform, logging, traceback) are taken from sys.modules instead of
-# imported, so that Nuitka does not follow them either: multiprocessing alone brought pickle,
-# hashlib and libcrypto (4.8 MB) into the folder (package_configuration).
+# (for its plugins), pyroute2.common typing and threading (with the extension modules
+# NETWORK_EXTENSIONS: _typing, and math for pyroute2's own imports). The package itself is
+# in, for its submodules to be found, with its `__init__` (the whole API: ~300 modules,
+# asyncio, ssl, sqlite3) replaced by one line; and the modules that storage_init.rtnl's
+# import stands in for (multiprocessing, platform, logging, traceback) are taken from
+# sys.modules instead of imported, so that Nuitka does not follow them either:
+# multiprocessing alone brought pickle, hashlib and libcrypto (4.8 MB) into the folder
+# (package_configuration).
 PYROUTE2_INIT = '"""pyroute2, frozen for storage-init: its netlink message classes only."""'
 STOOD_IN = {  # pyroute2 module: the imports that storage_init.rtnl's stand-ins serve
     "pyroute2.config": ("multiprocessing", "platform"),
@@ -123,11 +136,22 @@ NETWORK_MODULES = ("pyroute2", "pyroute2.common", "pyroute2.config", "pyroute2.n
                    "pyroute2.netlink.rtnl.iw_event")
 NETWORK_PACKAGES = ("pyroute2.netlink.rtnl.ifinfmsg",)  # with its plugins
 NETWORK_NEEDS = frozenset({"pkgutil", "threading", "typing"})
-NETWORK_EXTENSIONS = frozenset({"_typing.so"})
+NETWORK_EXTENSIONS = frozenset({"_typing.so", "math.so"})
 
 
 def not_needed(network: bool) -> tuple[str, ...]:
     return tuple(m for m in NOT_NEEDED if not network or m not in NETWORK_NEEDS)
+
+
+def early_not_needed() -> tuple[str, ...]:
+    """The start-up modules EARLY_IMPORTS_PLUGIN takes off Nuitka's list (its `dropped`),
+    for --nofollow-import-to: the codecs of this Python's `encodings` and its NOT_AT_START."""
+    spec = importlib.util.spec_from_file_location("nuitka_early_imports", EARLY_IMPORTS_PLUGIN)
+    assert spec is not None and spec.loader is not None
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    codecs = (f"encodings.{m.name}" for m in pkgutil.iter_modules(encodings.__path__))
+    return tuple(sorted({*filter(plugin.dropped, codecs), *plugin.NOT_AT_START}))
 
 
 def unused_extensions(network: bool) -> tuple[str, ...]:
@@ -135,15 +159,16 @@ def unused_extensions(network: bool) -> tuple[str, ...]:
 
 
 # Extension modules Nuitka ships that storage-init never loads (tests/unit/test_start_cost.py
-# checks a boot's imports against this list). Nuitka counts every `encodings` submodule as
-# needed at startup and ships the CJK codecs' modules; they load only to encode or decode CJK
-# text (1.2 MB). The others belong to stdlib modules the freeze leaves out (NOT_NEEDED) or
-# that only other programs' paths import: random, typing, base64, shutil, zipimport,
-# datetime; and _opcode, for opcode, which only the real inspect's imports (dis) load.
+# checks a boot's imports against this list). The CJK codecs' modules (1.2 MB; only to
+# encode or decode CJK text) are not shipped since EARLY_IMPORTS_PLUGIN, and stay listed
+# should Nuitka ship them again. The others belong to stdlib modules the freeze leaves out
+# (NOT_NEEDED) or that only other programs' paths import: random, typing, base64, shutil,
+# zipimport, datetime, selectors (math); and _opcode, for opcode, which only the real
+# inspect's imports load.
 UNUSED_EXTENSIONS = ("_codecs_cn.so", "_codecs_hk.so", "_codecs_iso2022.so", "_codecs_jp.so",
                      "_codecs_kr.so", "_codecs_tw.so", "_multibytecodec.so",
                      "_random.so", "_sha512.so", "_typing.so", "_opcode.so", "binascii.so",
-                     "grp.so", "zlib.so", "_datetime.so")
+                     "grp.so", "zlib.so", "_datetime.so", "math.so")
 
 
 @dataclass(frozen=True)
@@ -168,6 +193,7 @@ def source_key(python: str = sys.executable, network: bool = False) -> str:
     digest.update(INSPECT_SOURCE.read_bytes())
     digest.update(BYTECODE_PLUGIN.read_bytes())
     digest.update(PRECOMPILED_PLUGIN.read_bytes())
+    digest.update(EARLY_IMPORTS_PLUGIN.read_bytes())
     digest.update(sys.version.encode() + python.encode())
     with contextlib.suppress(metadata.PackageNotFoundError):  # reported when Nuitka runs
         digest.update(metadata.version("nuitka").encode())
@@ -224,7 +250,7 @@ def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
     # exclude the package itself, and every submodule with it, at run time).
     extra = [f"--include-module={','.join(NETWORK_MODULES)}",
              f"--include-package={','.join(NETWORK_PACKAGES)}"] if network else []
-    nofollow = [*not_needed(network), *([] if network else ["pyroute2"])]
+    nofollow = [*not_needed(network), *early_not_needed(), *([] if network else ["pyroute2"])]
     return [
         # -X utf8: Nuitka gives the binary the UTF-8 mode of the Python that compiles it
         python, "-X", "utf8", "-m", "nuitka", "--standalone", f"--static-libpython={static}",
@@ -232,8 +258,9 @@ def nuitka_command(python: str, script: Path, outdir: Path, jobs: int,
         "--python-flag=static_hashes", "--python-flag=no_docstrings", "--lto=yes",
         "--include-package=pyudev", *extra, f"--nofollow-import-to={','.join(nofollow)}",
         f"--user-package-configuration-file={config}", f"--user-plugin={BYTECODE_PLUGIN}",
-        f"--user-plugin={PRECOMPILED_PLUGIN}",
+        f"--user-plugin={PRECOMPILED_PLUGIN}", f"--user-plugin={EARLY_IMPORTS_PLUGIN}",
         f"--output-dir={outdir}", f"--output-filename={BINARY}", "--remove-output",
+        f"--report={outdir / REPORT}",
         "--assume-yes-for-downloads", "--quiet", f"--jobs={jobs}", os.fspath(script),
     ]
 
@@ -257,6 +284,18 @@ def strip_debug(ui: Ui, dist: Path) -> None:
             os.replace(stripped, path)
         else:
             stripped.unlink()
+
+
+def included_modules(report: Path) -> set[str]:
+    """The modules in the binary, from Nuitka's compilation report (--report)."""
+    return {m.get("name", "") for m in ElementTree.parse(report).getroot().iter("module")}
+
+
+def check_early_imports(report: Path) -> None:
+    if EARLY_IMPORTS_SAMPLE in included_modules(report):
+        raise BuildError(f"Nuitka still included {EARLY_IMPORTS_SAMPLE} ({report}): the "
+                         f"plugin {EARLY_IMPORTS_PLUGIN.name} did not apply to this Nuitka",
+                         f"update {EARLY_IMPORTS_PLUGIN} for this Nuitka version")
 
 
 def folder_size(folder: Path) -> int:
@@ -283,6 +322,7 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = F
         dist = Path(tmp) / "__main__.dist"
         if not (dist / BINARY).is_file():
             raise BuildError(f"Nuitka finished but made no {dist / BINARY}")
+        check_early_imports(Path(tmp) / REPORT)
         for name in unused_extensions(network):
             (dist / name).unlink(missing_ok=True)
         with ui.step("stripping debug info from the extension modules"):

@@ -358,3 +358,81 @@ def test_the_shim_serves_that_source_precompiled_and_compiles_anything_else(
     finally:
         if hasattr(sys, "_storage_init_precompiled"):
             del sys._storage_init_precompiled
+
+
+def _early_imports_plugin() -> Any:
+    import importlib.util
+
+    from initoverlayfs_build import freeze
+    spec = importlib.util.spec_from_file_location("nuitka_early_imports",
+                                                  freeze.EARLY_IMPORTS_PLUGIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_early_imports_keep_what_a_start_or_storage_init_can_need() -> None:
+    dropped = _early_imports_plugin().dropped
+    kept = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.utf_16_le",
+            "encodings.ascii", "encodings.latin_1", "inspect", "ast", "locale", "tokenize",
+            "codecs", "io", "os"]
+    assert [n for n in kept if dropped(n)] == []
+    assert all(map(dropped, ["encodings.cp437", "encodings.big5", "encodings.mac_roman",
+                             "encodings.idna", "dis", "opcode", "_codecs_jp",
+                             "_multibytecodec"]))
+    # the codecs storage-init decodes with by name (probe.py), and the interpreter's own
+    source = (Path(__file__).parents[2] / "storage_init" / "probe.py").read_text()
+    for codec in set(re.findall(r'\.decode\("([\w-]+)"', source)) | {"utf-8"}:
+        assert not dropped("encodings." + codec.replace("-", "_")), codec
+
+
+def test_early_imports_filter_the_original_result_once() -> None:
+    import types
+
+    plugin = _early_imports_plugin()
+    calls = []
+
+    def original() -> set[str]:
+        calls.append(1)
+        return {"encodings.utf_8", "encodings.cp437", "dis", "inspect"}
+
+    detection = types.SimpleNamespace(_detectEarlyImports=original,
+                                      _early_modules_names=("stale",))
+    plugin.install(detection)
+    plugin.install(detection)  # a second plugin instance does not filter twice
+    assert detection._early_modules_names is None  # computed again, through the filter
+    assert detection._detectEarlyImports() == {"encodings.utf_8", "inspect"}
+    assert calls == [1]
+    with pytest.raises(RuntimeError, match=r"update nuitka_early_imports\.py"):
+        plugin.install(types.SimpleNamespace())
+
+
+def test_the_installed_nuitka_still_has_what_the_early_imports_plugin_replaces() -> None:
+    from nuitka.freezer import ImportDetection
+
+    assert callable(ImportDetection._detectEarlyImports)
+    assert hasattr(ImportDetection, "_early_modules_names")
+
+
+def test_the_freeze_leaves_the_dropped_early_imports_out_and_checks_it(tmp_path: Path) -> None:
+    from initoverlayfs_build import freeze
+    from initoverlayfs_build.errors import BuildError
+
+    plugin = _early_imports_plugin()
+    names = freeze.early_not_needed()
+    assert freeze.EARLY_IMPORTS_SAMPLE in names and "encodings.utf_8" not in names
+    assert all(map(plugin.dropped, names)) and set(names) >= plugin.NOT_AT_START
+    command = freeze.nuitka_command("python3", tmp_path / "m.py", tmp_path, 2, tmp_path / "c")
+    assert f"--user-plugin={freeze.EARLY_IMPORTS_PLUGIN}" in command
+    assert f"--report={tmp_path / freeze.REPORT}" in command
+    nofollow = next(a for a in command if a.startswith("--nofollow-import-to="))
+    assert set(names) <= set(nofollow.split("=", 1)[1].split(","))
+    report = tmp_path / freeze.REPORT
+    report.write_text('<nuitka-compilation-report><module name="encodings.utf_8" />'
+                      '<module name="os" /></nuitka-compilation-report>')
+    freeze.check_early_imports(report)
+    report.write_text('<nuitka-compilation-report><module name="encodings.cp437" />'
+                      '</nuitka-compilation-report>')
+    with pytest.raises(BuildError, match="did not apply"):
+        freeze.check_early_imports(report)
