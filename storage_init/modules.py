@@ -213,7 +213,7 @@ class Loader:
     def _for_this_cpu(self, name: str) -> bool:
         """A module whose x86cpu table this CPU does not match is not loaded: its init would
         refuse with ENODEV, after the kernel had read, signature-checked and relocated it
-        (crc32c_intel on QEMU's CPU, which has no SSE4.2: 43 ms of a boot under TCG)."""
+        (crc32c_intel on QEMU's CPU, which has no SSE4.2: 41 ms of one boot under TCG)."""
         if self._cpu is None:
             try:
                 modalias = self.kernel.read_file(CPU_MODALIAS).decode(errors="replace").strip()

@@ -381,7 +381,9 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
               f"{unpacked['c-original']:,}. Exec of /init to the final init running (median, "
               "all sizes): " + ", ".join(f"{p} {shown_ms(v)}" for p, v in exec_init.items())
               + " (the C original's includes its wrapper loading "
-              + ", ".join(original.modules) + f"). C original: {c_original.UPSTREAM} at "
+              + ", ".join(original.modules) + "; a module made for CPU features the guest's "
+              "CPU lacks is skipped there, as ours skips it"
+              + f"). C original: {c_original.UPSTREAM} at "
               + original.commit[:12] + "."]
     lines += ["", "Our path, step by step (median ms over our boots):", "",
               "| part | ms |", "|---|---:|"]
