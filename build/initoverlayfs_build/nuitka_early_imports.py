@@ -17,7 +17,7 @@ about 0.7 MB of bytecode no boot loads:
 The plugin replaces `_detectEarlyImports` with a filter over the original's result when Nuitka
 loads it. Nuitka would still ship these modules as "the non-excluded parts of the standard
 library", so freeze.py also names them in --nofollow-import-to (freeze.early_not_needed, from
-`dropped` here); nothing imports them by name. freeze.py checks the binary afterwards
+`dropped` here); nothing imports them by name. freeze.py checks Nuitka's report afterwards
 (freeze.check_early_imports) and fails when a Nuitka update stops this from applying.
 
 Loaded by Nuitka from this path, not imported by the builder (the unit tier loads it by path).

@@ -25,24 +25,10 @@ from tests.vm import benchmark, images
 from tests.vm.qemu import VmSpec, boot
 
 
-def _ms(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
 def parts(sample: benchmark.Sample) -> dict[str, float]:
-    """The figures compared pair by pair, in ms."""
-    timings, dmesg = sample.timings or {}, sample.dmesg
-    listed = timings.get("steps")
-    steps = {str(s.get("name")): _ms(s.get("ms")) for s in listed
-             if isinstance(s, dict)} if isinstance(listed, list) else {}
-    figures = {"time to init": (sample.init_s or 0.0) * 1000,
-               "storage-init's steps": _ms(timings.get("total_ms")),
-               "load-modules": steps.get("load-modules", 0.0)}
-    if {"unpack_start", "unpack_end", "run_init"} <= dmesg.keys() and timings:
-        figures["kernel unpack"] = (dmesg["unpack_end"] - dmesg["unpack_start"]) * 1000
-        started = _ms(timings.get("started_boottime_s")) * 1000
-        figures["exec of /init to the first step"] = started - dmesg["run_init"] * 1000
-    return figures
+    """The figures compared pair by pair, in ms: time to init and the benchmark's parts."""
+    return {"time to init": (sample.init_s or 0.0) * 1000,
+            **(benchmark.sample_parts(sample) or {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, ms in benchmark.breakdown(samples[i]).items():
                 print(f"   {name:<70} {ms:8.0f}")
         if len(built) == 2:
-            print("== paired, variant 1 against variant 0 (same round):")
+            print("== paired, variant 1 against variant 0 (same round), median differences:")
             pairs = [(parts(a), parts(b)) for a, b in zip(samples[0], samples[1], strict=True)]
             for name in pairs[0][0]:
                 diffs = [b[name] - a[name] for a, b in pairs if name in a and name in b]
                 lower = sum(d < 0 for d in diffs)
-                print(f"   {name:<40} median difference {statistics.median(diffs):+8.0f} ms, "
-                      f"variant 1 lower in {lower} of {len(diffs)}")
+                print(f"   {name:<70} {statistics.median(diffs):+6.0f} ms, variant 1 lower "
+                      f"in {lower} of {len(diffs)}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

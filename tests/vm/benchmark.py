@@ -137,40 +137,46 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
+GROUPS = {"driver loading": ("load-modules",), "device wait": ("trigger", "wait-bootfs"),
+          "mounts": ("mount-api", "mount-bootfs", "mount-scratch", "attach-loop",
+                     "mount-image", "mount-overlay", "move-mounts"),
+          "verity (dm modules, setup, seal)": ("setup-verity", "seal-verity"),
+          "switch root": ("switch-root",),
+          "log, cmdline, config": ("log", "read-cmdline", "read-config")}
+
+
+def sample_parts(s: Sample) -> dict[str, float] | None:
+    """One boot of ours, part by part, in ms; None without its timings and kernel messages."""
+    if s.timings is None or s.init_s is None or len(s.dmesg) < 3:
+        return None
+    parts: dict[str, float] = {}
+    steps = {st["name"]: st["ms"] for st in s.timings["steps"]}  # type: ignore[attr-defined]
+    parts["kernel unpacks the mini-initramfs"] = (
+        s.dmesg["unpack_end"] - s.dmesg["unpack_start"]) * 1000
+    parts["kernel start to /init (unpack excluded)"] = (
+        s.dmesg["run_init"] - (s.dmesg["unpack_end"] - s.dmesg["unpack_start"])) * 1000
+    started = float(s.timings["started_boottime_s"])  # type: ignore[arg-type]
+    parts["exec of /init to storage-init's first step (loading, imports)"] = (
+        started - s.dmesg["run_init"]) * 1000
+    entered = s.timings.get("entered_boottime_s")
+    if isinstance(entered, float):
+        parts["  of which: exec to the program's first line (loader, Python, Nuitka)"] = (
+            entered - s.dmesg["run_init"]) * 1000
+        parts["  of which: first line to first step (storage-init's imports)"] = (
+            started - entered) * 1000
+    for name, members in GROUPS.items():
+        parts[name] = sum(float(steps.get(m, 0.0)) for m in members)
+    parts["exec of init (from storage-init's last step to init running)"] = (
+        s.init_s - float(s.timings["finished_boottime_s"])) * 1000  # type: ignore[arg-type]
+    return parts
+
+
 def breakdown(samples: list[Sample]) -> dict[str, float]:
     """Our path, step by step, in ms (medians over our boots)."""
     parts: dict[str, list[float]] = {}
-
-    def add(name: str, value: float) -> None:
-        parts.setdefault(name, []).append(value)
-
-    groups = {"driver loading": ("load-modules",), "device wait": ("trigger", "wait-bootfs"),
-              "mounts": ("mount-api", "mount-bootfs", "mount-scratch", "attach-loop",
-                         "mount-image", "mount-overlay", "move-mounts"),
-              "verity (dm modules, setup, seal)": ("setup-verity", "seal-verity"),
-              "switch root": ("switch-root",),
-              "log, cmdline, config": ("log", "read-cmdline", "read-config")}
     for s in samples:
-        if s.timings is None or s.init_s is None or len(s.dmesg) < 3:
-            continue
-        steps = {st["name"]: st["ms"] for st in s.timings["steps"]}  # type: ignore[attr-defined]
-        add("kernel unpacks the mini-initramfs",
-            (s.dmesg["unpack_end"] - s.dmesg["unpack_start"]) * 1000)
-        add("kernel start to /init (unpack excluded)",
-            (s.dmesg["run_init"] - (s.dmesg["unpack_end"] - s.dmesg["unpack_start"])) * 1000)
-        started = float(s.timings["started_boottime_s"])  # type: ignore[arg-type]
-        add("exec of /init to storage-init's first step (loading, imports)",
-            (started - s.dmesg["run_init"]) * 1000)
-        entered = s.timings.get("entered_boottime_s")
-        if isinstance(entered, float):
-            add("  of which: exec to the program's first line (loader, Python, Nuitka)",
-                (entered - s.dmesg["run_init"]) * 1000)
-            add("  of which: first line to first step (storage-init's imports)",
-                (started - entered) * 1000)
-        for name, members in groups.items():
-            add(name, sum(float(steps.get(m, 0.0)) for m in members))
-        add("exec of init (from storage-init's last step to init running)",
-            (s.init_s - float(s.timings["finished_boottime_s"])) * 1000)  # type: ignore[arg-type]
+        for name, value in (sample_parts(s) or {}).items():
+            parts.setdefault(name, []).append(value)
     return {name: statistics.median(values) for name, values in parts.items()}
 
 
