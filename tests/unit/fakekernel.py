@@ -101,6 +101,7 @@ class FakeKernel:
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     mounted: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
     written: dict[str, list[bytes]] = field(default_factory=dict)
+    module_params: dict[str, str] = field(default_factory=dict)  # module path -> finit params
     tracer: Callable[[str], None] | None = None
     # device-mapper: name -> [minor, loaded table (target, sectors, params) or None, live one]
     dm_devices: dict[str, list[Any]] = field(default_factory=dict)
@@ -299,6 +300,7 @@ class FakeKernel:
 
     def finit_module(self, fd: int, params: str, flags: int, path: str) -> None:
         self.calls.append(("finit_module", path, flags))
+        self.module_params[path] = params
         self._raise_if_planned("finit_module", path)
 
     def uevent_open(self) -> FakeSocket:

@@ -84,6 +84,30 @@ def test_happy_path_writes_timings_and_one_summary_line(machine: Machine) -> Non
     assert len(summaries) == 1 and "wait-bootfs 30.0" in summaries[0]
 
 
+def test_loop_is_loaded_to_create_no_devices_up_front(machine: Machine) -> None:
+    machine.boot()
+    params = machine.k.module_params
+    assert params[f"{MOD}/drivers/block/loop.ko"] == "max_loop=0"
+    assert params[f"{MOD}/fs/erofs/erofs.ko"] == ""
+
+
+def test_modules_get_their_kernel_command_line_parameters(machine: Machine) -> None:
+    params = machine.k.module_params
+    machine.cmdline('quiet loop.max_loop=16 virtio-blk.queue_depth=64 erofs.x="a b" rd.x=1')
+    assert isinstance(machine.boot(), Executed)
+    assert params[f"{MOD}/drivers/block/loop.ko"] == "max_loop=16"
+    assert params[f"{MOD}/drivers/block/virtio_blk.ko"] == "queue_depth=64"
+    assert params[f"{MOD}/fs/erofs/erofs.ko"] == 'x="a b"'
+
+
+def test_a_module_refusing_its_parameters_is_named_with_them(machine: Machine) -> None:
+    machine.cmdline("loop.max_loop=lots")
+    machine.k.errors[("finit_module", f"{MOD}/drivers/block/loop.ko")] = [errno.EINVAL]
+    machine.boot()
+    assert f"Failed to load module loop ({MOD}/drivers/block/loop.ko) with 'max_loop=lots' " \
+        "(check the kernel command line's loop.* parameters): Invalid argument" in machine.kmsg()
+
+
 def test_unknown_cmdline_words_reach_init_untouched(machine: Machine) -> None:
     machine.cmdline("quiet splash single systemd.unit=rescue.target -- --weird")
     result = machine.boot(["/init", "single", "--weird", "--systemd"])

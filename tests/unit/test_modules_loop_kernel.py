@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from storage_init.cmdline import parse_cmdline
 from storage_init.kernel import MS_MOVE, MS_RDONLY, Kernel, flag_names
 from storage_init.log import Log
 from storage_init.loop import LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY, loop_config, loop_info64
@@ -18,6 +19,7 @@ from storage_init.modules import (
     cpu_patterns,
     fits_cpu,
     module_name,
+    module_params,
     parse_index,
 )
 
@@ -78,6 +80,33 @@ def test_softdep_pre_modules_load_before_the_module_through_their_aliases() -> N
     assert loader.load(["ext4"]) == ["crc32c_generic", "jbd2", "ext4"]
     assert [path for _, path, _ in k.recorded("finit_module")] == [
         "/m/kernel/crc32c_generic.ko", "/m/kernel/jbd2.ko", "/m/kernel/fs/ext4.ko"]
+
+
+def test_module_params_from_the_command_line_as_modprobe_reads_them() -> None:
+    words = parse_cmdline('ro loop.max_loop=4 dm-mod.use_blk_mq dm_mod.x-y=1 '
+                          'virtio_blk.a=1 virtio_blk.a=2 nvme.p="x y" rd.shell .x=1 y.=2 '
+                          'dm_mod.x_y=3')
+    assert module_params(words) == {
+        "loop": "max_loop=4", "dm_mod": "use_blk_mq x_y=3", "virtio_blk": "a=2",
+        "nvme": 'p="x y"', "rd": "shell"}
+
+
+def test_module_params_default_to_no_loop_devices_up_front() -> None:
+    assert module_params(()) == {"loop": "max_loop=0"}
+    assert module_params(parse_cmdline("loop.max_part=7")) == {
+        "loop": "max_part=7 max_loop=0"}
+    assert module_params(parse_cmdline("loop.max-loop=2")) == {"loop": "max-loop=2"}
+
+
+def test_loader_passes_each_module_its_params() -> None:
+    k = FakeKernel()
+    for name in ("a", "b", "c"):
+        k.add_file(f"/m/kernel/{name}.ko", b"\x7fELF")
+    loader = Loader(k, Log(k), "/m", parse_index(DEP.replace(".xz", ""), ALIAS, ""),
+                    {"a": "x=1"})
+    loader.load(["a", "b"])
+    assert k.module_params == {"/m/kernel/c.ko": "", "/m/kernel/b.ko": "",
+                               "/m/kernel/a.ko": "x=1"}
 
 
 def test_loader_uses_the_compressed_flag_and_says_when_the_kernel_cannot_use_it() -> None:

@@ -61,7 +61,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("generic-virtio-scsi", kernel="generic", interface="virtio-scsi"),
     Scenario("generic-nvme", kernel="generic", interface="nvme"),
     Scenario("generic-ahci", kernel="generic", interface="ahci"),
-    Scenario("debug", append="rd.initoverlayfs.debug"),
+    # (and a module parameter on the command line, which storage-init passes as modprobe would)
+    Scenario("debug", append="rd.initoverlayfs.debug loop.max_loop=3"),
     Scenario("quiet", append="quiet"),
     # (alt.img, corrupt.img and noinit.img come from plain mkfs.erofs: no hash tree)
     Scenario("fs-override", append="rd.initoverlayfs.fs=/alt.img rd.initoverlayfs.verity=0"),

@@ -83,6 +83,15 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
 
 
+def test_loop_creates_only_the_device_the_boot_takes(boots: dict[str, BootResult]) -> None:
+    # max_loop=0: none of the kernel's 8 up-front loop devices, only the one storage-init
+    # took from /dev/loop-control; a loop.max_loop= on the command line still wins
+    r = result_of(booted(boots, "default"))
+    assert (r["max_loop"], r["loops"]) == ("0", 1), r
+    r = result_of(booted(boots, "debug"))
+    assert (r["max_loop"], r["loops"]) == ("3", 3), r
+
+
 def test_frozen_start_imports_only_what_the_boot_needs(boots: dict[str, BootResult]) -> None:
     # The frozen binary's sys.modules at its first step and what the steps imported after:
     # the Nuitka runtime imports inspect at every start, and only the freeze's
@@ -153,6 +162,7 @@ def test_debug_traces_every_syscall_on_the_console(boots: dict[str, BootResult])
     console = booted(boots, "debug").console
     # (the API mounts come before the command line is read, so they are not traced)
     for pattern in (r"finit_module\('/lib/modules/.*/virtio_blk\.ko', '', 0\) = 0 \[",
+                    r"finit_module\('/lib/modules/.*/loop\.ko', 'max_loop=3', 0\) = 0 \[",
                     r"mount\('/dev/vda2', '/boot', 'ext4', MS_RDONLY, None\) = 0 \[",
                     r"ioctl\(\d+, LOOP_CONFIGURE, <\d+ bytes>\) = ",
                     r"ioctl\(\d+, DM_DEV_CREATE, <312 bytes>\) = ",

@@ -31,6 +31,9 @@ echo "written at boot" > /written-by-init && [ "$(cat /written-by-init)" = "writ
 timings=false
 [ -s /run/initoverlayfs/timings.json ] && timings=true
 shmem_kb=$(awk '/^Shmem:/ { print $2 }' /proc/meminfo)
+# the loop module's max_loop as storage-init loaded it, and the loop devices that exist
+max_loop=$(cat /sys/module/loop/parameters/max_loop 2>/dev/null)
+loops=$(ls -d /sys/block/loop* 2>/dev/null | wc -l)
 
 q() { printf '"%s"' "$(echo "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 printf 'INITOVERLAYFS-RESULT {"pid": %s, "init": %s, "args": %s, "uptime": %s, ' \
@@ -41,6 +44,7 @@ printf '"root": %s, "lower": %s, "boot": %s, "proc": %s, "sys": %s, "dev": %s, "
     "$(q "$(mount_of /dev)")" "$(q "$(mount_of /run)")"
 printf '"writable": %s, "freed": %s, "shmem_kb": %s, "timings": %s, "canary": %s, ' \
     "$writable" "$freed" "$shmem_kb" "$timings" "$canary"
+printf '"max_loop": %s, "loops": %s, ' "$(q "$max_loop")" "$loops"
 printf '"marker": %s}\n' "$(q "$(cat /etc/marker)")"
 if $timings; then
     echo "INITOVERLAYFS-TIMINGS $(tr -d '\n' < /run/initoverlayfs/timings.json)"
