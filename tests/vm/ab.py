@@ -25,6 +25,9 @@ from tests.vm import benchmark, images
 from tests.vm.qemu import VmSpec, boot
 
 
+ICOUNT = ("-icount", "shift=0,sleep=off")
+
+
 def parts(sample: benchmark.Sample) -> dict[str, float]:
     """The figures compared pair by pair, in ms: time to init and the benchmark's parts."""
     return {"time to init": (sample.init_s or 0.0) * 1000,
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="frozen storage-init folders")
     parser.add_argument("--rounds", type=int, default=10, help="boots of each variant")
     parser.add_argument("--size", type=int, default=0, help="payload in MB (default 0)")
+    parser.add_argument("--icount", action="store_true",
+                        help="guest time from instructions executed (QEMU -icount shift=0: "
+                             "1 ns each), not from the host's clock: free of the host's noise, "
+                             "blind to TCG's translation cost")
     args = parser.parse_args(argv)
     missing = [f for f in args.folders if not (f / "storage-init").is_file()]
     if missing:
@@ -60,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             for i in order:
                 initramfs, disk_path = built[i]
                 run = boot(VmSpec(kernel.vmlinuz, initramfs, disk_path, "virtio-blk",
-                                  benchmark.APPEND, memory_mb=benchmark.MEMORY_MB, timeout=600))
+                                  benchmark.APPEND, memory_mb=benchmark.MEMORY_MB, timeout=600,
+                                  devices=ICOUNT if args.icount else ()))
                 init_s, timings, dmesg = benchmark.parse(run.console)
                 if init_s is None:
                     print(run.describe()[-3000:], file=sys.stderr)
