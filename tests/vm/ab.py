@@ -25,9 +25,6 @@ from tests.vm import benchmark, images
 from tests.vm.qemu import VmSpec, boot
 
 
-ICOUNT = ("-icount", "shift=0,sleep=off")
-
-
 def parts(sample: benchmark.Sample) -> dict[str, float]:
     """The figures compared pair by pair, in ms: time to init and the benchmark's parts."""
     return {"time to init": (sample.init_s or 0.0) * 1000,
@@ -40,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="boots of each variant")
     parser.add_argument("--size", type=int, default=0, help="payload in MB (default 0)")
     parser.add_argument("--icount", action="store_true",
-                        help="guest time from instructions executed (QEMU -icount shift=0: "
-                             "1 ns each), not from the host's clock: free of the host's noise, "
-                             "blind to TCG's translation cost")
+                        help="the guest's CPU work timed by instructions executed (QEMU "
+                             "-icount shift=0: 1 ns each; waits on the host's clock), not by "
+                             "the host's clock: free of the host's noise, blind to TCG's "
+                             "translation")
     args = parser.parse_args(argv)
     missing = [f for f in args.folders if not (f / "storage-init").is_file()]
     if missing:
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 initramfs, disk_path = built[i]
                 run = boot(VmSpec(kernel.vmlinuz, initramfs, disk_path, "virtio-blk",
                                   benchmark.APPEND, memory_mb=benchmark.MEMORY_MB, timeout=600,
-                                  devices=ICOUNT if args.icount else ()))
+                                  devices=benchmark.ICOUNT if args.icount else ()))
                 init_s, timings, dmesg = benchmark.parse(run.console)
                 if init_s is None:
                     print(run.describe()[-3000:], file=sys.stderr)
