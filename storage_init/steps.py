@@ -235,7 +235,7 @@ def setup_verity(boot: Boot) -> None:
     problem = verity.check_superblock(tree, block, size)
     if problem:
         raise BootError(f"verify {image}: {problem}", rebuild)
-    boot.loader.load(["dm-verity"])
+    boot.loader.load([verity.HASH_MODULE, "dm-verity"])
     with failing(f"open {boot.paths.dev}/mapper/control",
                  "that the kernel has device-mapper (CONFIG_BLK_DEV_DM, module dm-mod)"):
         control = kernel.open(f"{boot.paths.dev}/mapper/control", os.O_RDWR)

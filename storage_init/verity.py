@@ -25,6 +25,12 @@ from .record import record
 BLOCK = 4096
 SECTORS_PER_BLOCK = BLOCK // 512
 ALGORITHM = "sha256"
+# This CPU's fastest ALGORITHM (sha256_ssse3: SSSE3, AVX, AVX2 or SHA-NI code), loaded before
+# the table: dm-verity takes the best one registered when its table is loaded and keeps it for
+# the mapping's life, and in the real root udev would load it only after that, leaving every
+# read of the image hashed by sha256-generic. A CPU without those features skips it (its cpu:
+# aliases), as QEMU's default one does.
+HASH_MODULE = f"crypto-{ALGORITHM}"
 DIGEST = 32
 PER_BLOCK = BLOCK // DIGEST
 # struct verity_sb (cryptsetup lib/verity/verity.c): signature, version, hash_type, uuid,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from storage_init.config import ConfigError, parse_config
 from storage_init.modules import ModuleIndex
+from storage_init.verity import HASH_MODULE
 
 from . import (
     compress,
@@ -266,7 +267,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                 "filesystem as `bootfstype` in /etc/initoverlayfs.conf to ship only its own")
     wanted = kmods.wanted_modules([*drivers, *extra], fstypes)
     if args.verity:
-        wanted.append(VERITY_MODULE)
+        wanted += [VERITY_MODULE, HASH_MODULE]
     selection = kmods.select(index, wanted)
     if args.verity and VERITY_MODULE in selection.missing:
         raise BuildError(f"{kver} has no dm-verity (CONFIG_DM_VERITY), built in or as a module",

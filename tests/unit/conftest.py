@@ -37,6 +37,7 @@ kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko
 kernel/drivers/md/dm-mod.ko:
 kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko
+kernel/arch/x86/crypto/sha256-ssse3.ko:
 """.format(virtio="kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko")
 MODULES_ALIAS = """\
 # Aliases extracted from modules themselves.
@@ -47,6 +48,8 @@ alias fs-erofs erofs
 alias fs-overlay overlay
 alias fs-ext4 ext4
 alias fs-ext3 ext4
+alias crypto-sha256 sha256_ssse3
+alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
 """
 PCI_MODALIAS = "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00"
 VIRTIO_MODALIAS = "virtio:d00000002v00001AF4"

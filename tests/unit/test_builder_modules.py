@@ -30,8 +30,11 @@ kernel/drivers/unrelated.ko:
 kernel/drivers/md/dm-mod.ko:
 kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko
 kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko
+kernel/arch/x86/crypto/sha256-ssse3.ko:
 """
 ALIAS = """\
+alias crypto-sha256 sha256_ssse3
+alias cpu:type:x86,ven*fam*mod*:feature:*0089* sha256_ssse3
 alias virtio:d00000002v* virtio_blk
 alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
 alias fs-ext4 ext4

@@ -50,13 +50,15 @@ class VmSpec:
     memory_mb: int = 512
     timeout: float = 180.0
     devices: tuple[str, ...] = ()  # more QEMU arguments (a NIC and its netdev)
+    cpu: str | None = None  # a TCG CPU model other than QEMU's default (ignored with KVM)
 
     def command(self) -> list[str]:
         qemu = shutil.which("qemu-system-x86_64")
         if qemu is None:
             raise FileNotFoundError("qemu-system-x86_64 is missing: apt-get install "
                                     "qemu-system-x86 (scripts/setup does)")
-        accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg"]
+        accel = (["-accel", "kvm", "-cpu", "host"] if kvm_works() else
+                 ["-accel", "tcg", *(["-cpu", self.cpu] if self.cpu else [])])
         return [qemu, "-machine", "q35", *accel, "-m", str(self.memory_mb), "-smp", "1",
                 "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
                 "-nodefaults", "-kernel", str(self.kernel), "-initrd", str(self.initrd),

@@ -83,6 +83,18 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
 
 
+def test_the_cpus_own_sha256_is_loaded_for_dm_verity_where_the_cpu_has_it(
+        boots: dict[str, BootResult]) -> None:
+    # QEMU's default CPU has no SSSE3: sha256_ssse3 is skipped by its cpu: aliases; on one
+    # with SSSE3, AVX and AVX2 it is loaded before dm-verity, which then hashes with it
+    default = timings_of(booted(boots, "default"))["modules_loaded"]
+    assert "sha256_ssse3" not in default  # type: ignore[operator]
+    run = booted(boots, "partlabel")
+    loaded = timings_of(run)["modules_loaded"]
+    assert isinstance(loaded, list), run.describe()
+    assert loaded.index("sha256_ssse3") < loaded.index("dm_verity"), loaded
+
+
 def test_loop_creates_only_the_device_the_boot_takes(boots: dict[str, BootResult]) -> None:
     # max_loop=0: none of the kernel's 8 up-front loop devices, only the one storage-init
     # took from /dev/loop-control; a loop.max_loop= on the command line still wins
