@@ -19,7 +19,7 @@ from .devices import Finder
 from .emergency import Policy
 from .errors import BootError
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
-from .modules import Loader, module_params
+from .modules import SIGNATURE_HASHES, Loader, module_params
 from .record import record
 from .settings import VERITY, resolve
 
@@ -115,6 +115,7 @@ def load_modules(boot: Boot) -> None:
     s = boot.need_settings()
     boot.loader = Loader.from_directory(boot.kernel, boot.log, boot.modules_dir(),
                                         module_params(boot.params))
+    boot.loader.load(SIGNATURE_HASHES, optional=True)  # first: see modules.SIGNATURE_HASHES
     boot.loader.load(["loop", f"fs-{s.fstype}", "fs-overlay"])
 
 

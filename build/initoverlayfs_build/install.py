@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_init.config import ConfigError, parse_config
-from storage_init.modules import ModuleIndex
+from storage_init.modules import SIGNATURE_HASHES, ModuleIndex
 from storage_init.verity import HASH_MODULE
 
 from . import (
@@ -269,6 +269,12 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if args.verity:
         wanted += [VERITY_MODULE, HASH_MODULE]
     selection = kmods.select(index, wanted)
+    # and the accelerated hash the kernel checks each module's signature with, which
+    # storage-init loads first (storage_init.modules.SIGNATURE_HASHES)
+    signature = kmods.signature_hash_module(ui, moddir, index, selection.modules)
+    if signature in SIGNATURE_HASHES and signature not in wanted:
+        wanted.append(signature)
+        selection = kmods.select(index, wanted)
     if args.verity and VERITY_MODULE in selection.missing:
         raise BuildError(f"{kver} has no dm-verity (CONFIG_DM_VERITY), built in or as a module",
                          "use a kernel with it, or pass --no-verity to boot the image "

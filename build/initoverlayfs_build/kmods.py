@@ -12,6 +12,7 @@ import gzip
 import lzma
 import os
 import re
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,52 @@ def device_drivers(sysfs: Path, devnum: str) -> tuple[list[str], list[str]]:
                 aliases.append(value)
         node = node.parent
     return list(dict.fromkeys(drivers)), list(dict.fromkeys(aliases))
+
+
+# --- module signatures ------------------------------------------------------------------------
+
+SIGNATURE_MAGIC = b"~Module signature appended~\n"
+# struct module_signature (include/linux/module_signature.h), just before the magic: algo,
+# hash, id_type, signer_len, key_id_len, 3 pad bytes, the signature's length (big-endian).
+SIGNATURE_INFO = struct.Struct(">BBBBB3xI")
+PKCS7 = 2  # id_type; the hash is then named inside the PKCS#7 message, not in `hash`
+# The DER of each digest algorithm's OID (NIST's 2.16.840.1.101.3.4.2.x, and SHA-1's), as the
+# message's digestAlgorithms and signerInfo name it.
+DIGEST_OIDS = {
+    bytes.fromhex("0609608648016503040201"): "sha256",
+    bytes.fromhex("0609608648016503040202"): "sha384",
+    bytes.fromhex("0609608648016503040203"): "sha512",
+    bytes.fromhex("0609608648016503040204"): "sha224",
+    bytes.fromhex("06052b0e03021a"): "sha1",
+}
+
+
+def signature_hash(module: bytes) -> str | None:
+    """The hash a signed module's appended PKCS#7 signature names (the kernel's
+    CONFIG_MODULE_SIG_HASH), or None for an unsigned module or another signature format."""
+    if not module.endswith(SIGNATURE_MAGIC):
+        return None
+    end = len(module) - len(SIGNATURE_MAGIC) - SIGNATURE_INFO.size
+    if end < 0:
+        return None
+    *_, id_type, _, _, length = SIGNATURE_INFO.unpack_from(module, end)
+    if id_type != PKCS7 or not 0 < length <= end:
+        return None
+    message = module[end - length:end]
+    found = [(message.find(oid), name) for oid, name in DIGEST_OIDS.items() if oid in message]
+    return min(found)[1] if found else None
+
+
+def signature_hash_module(ui: Ui, directory: Path, index: ModuleIndex,
+                          names: Iterable[str]) -> str | None:
+    """`crypto-HASH` for the hash the first signed one of these modules is signed with (a
+    kernel's modules are signed in its build, with one hash), for storage-init to load before
+    every other module; None when none is signed."""
+    for name in names:
+        found = signature_hash(_decompress(ui, directory / index.paths[name]))
+        if found:
+            return f"crypto-{found}"
+    return None
 
 
 # --- the files ---------------------------------------------------------------------------------

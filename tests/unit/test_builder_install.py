@@ -17,7 +17,11 @@ from initoverlayfs_build.run import need
 
 from storage_init.config import Config, parse_config
 
-from .test_builder_modules import moddir  # noqa: F401 - the fixture tree of modules
+from .test_builder_modules import (
+    SHA256_OID,
+    moddir,  # noqa: F401 - the fixture tree of modules
+    signed,
+)
 
 KVER = "6.1.0-test"
 
@@ -102,6 +106,20 @@ def test_no_verity_leaves_the_image_as_mkfs_made_it(sysroot: Path) -> None:
     entries = {e.name: e for e in cpio.read_all(archive)}
     assert "verity_" not in entries["etc/initoverlayfs.conf"].data.decode()
     assert not [n for n in entries if "/md/dm-" in n]
+    # the fixture's modules are unsigned: no hash module for their signatures either
+    assert not [n for n in entries if "sha256" in n]
+
+
+def test_signed_modules_bring_their_signatures_hash_without_verity(sysroot: Path) -> None:
+    # storage-init loads it before every other module (storage_init.modules.SIGNATURE_HASHES)
+    for path in (sysroot / f"lib/modules/{KVER}/kernel/drivers/virtio").glob("*.ko"):
+        path.write_bytes(signed(path.read_bytes(), SHA256_OID))
+    assert install.main(args(sysroot, "--compress", "none", "--no-verity")) == 0
+    archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
+    modules = {e.name.rsplit("/", 1)[1] for e in cpio.read_all(archive)
+               if e.name.endswith(".ko")}
+    assert modules == {"virtio.ko", "virtio_ring.ko", "virtio_pci.ko", "virtio_blk.ko",
+                       "sha256-ssse3.ko"}
 
 
 def test_two_builds_with_the_same_epoch_are_identical(sysroot: Path,

@@ -156,3 +156,45 @@ def test_fstab_without_boot_or_root_or_with_an_unusable_spec_is_refused() -> Non
         fstab.boot_filesystem(fstab.parse_fstab("tmpfs /tmp tmpfs defaults 0 0\n"))
     with pytest.raises(BuildError, match="device spec"):
         fstab.boot_filesystem(fstab.parse_fstab("sda1 /boot ext4 defaults 0 2\n"))
+
+
+SHA256_OID = "0609608648016503040201"
+SHA512_OID = "0609608648016503040203"
+
+
+def signed(body: bytes, *oids: str, id_type: int = 2) -> bytes:
+    """`body` as sign-file leaves it: a PKCS#7 message (here its head, the signedData OID and
+    the digest algorithms' OIDs in that order, then padding), struct module_signature, the magic."""
+    message = (bytes.fromhex("3082020006092a864886f70d010702a08201f1") +
+               b"".join(bytes.fromhex(oid) + b"\x05\x00" for oid in oids) + b"\x00" * 64)
+    return (body + message + kmods.SIGNATURE_INFO.pack(0, 0, id_type, 0, 0, len(message)) +
+            kmods.SIGNATURE_MAGIC)
+
+
+def test_signature_hash_is_the_first_digest_algorithm_the_signature_names() -> None:
+    body = b"\x7fELF module"
+    assert kmods.signature_hash(signed(body, SHA256_OID)) == "sha256"
+    assert kmods.signature_hash(signed(body, SHA512_OID, SHA256_OID)) == "sha512"
+    assert kmods.signature_hash(signed(body, "06052b0e03021a")) == "sha1"
+    assert kmods.signature_hash(body) is None  # unsigned
+    assert kmods.signature_hash(signed(body, SHA256_OID, id_type=1)) is None  # not PKCS#7
+    assert kmods.signature_hash(signed(body)) is None  # no digest algorithm it knows
+    # a length past the start of the file is not a signature
+    assert kmods.signature_hash(kmods.SIGNATURE_INFO.pack(0, 0, 2, 0, 0, 99) +
+                                kmods.SIGNATURE_MAGIC) is None
+    assert kmods.signature_hash(kmods.SIGNATURE_MAGIC) is None
+
+
+def test_the_signature_hash_module_is_read_from_a_selected_modules_file(moddir: Path) -> None:
+    index = kmods.load_index(moddir)
+    first = moddir / "kernel/drivers/virtio/virtio.ko"
+    assert kmods.signature_hash_module(UI, moddir, index, ["virtio"]) is None  # unsigned
+    first.write_bytes(signed(first.read_bytes(), SHA256_OID))
+    assert kmods.signature_hash_module(UI, moddir, index, ["virtio", "ext4"]) == "crypto-sha256"
+    # an unsigned one first (an out-of-tree module) does not hide the kernel's own
+    assert kmods.signature_hash_module(UI, moddir, index, ["jbd2", "virtio"]) == "crypto-sha256"
+    # compressed modules are signed before compression: read decompressed
+    xz = moddir / "kernel/drivers/block/virtio_blk.ko.xz"
+    xz.write_bytes(lzma.compress(signed(b"\x7fELF", SHA512_OID)))
+    assert kmods.signature_hash_module(UI, moddir, index, ["virtio_blk"]) == "crypto-sha512"
+    assert kmods.signature_hash_module(UI, moddir, index, []) is None

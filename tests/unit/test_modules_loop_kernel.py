@@ -15,6 +15,7 @@ from storage_init.log import Log
 from storage_init.loop import LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY, loop_config, loop_info64
 from storage_init.modules import (
     CPU_MODALIAS,
+    SIGNATURE_HASHES,
     Loader,
     cpu_patterns,
     fits_cpu,
@@ -240,3 +241,18 @@ def test_a_module_without_its_hardware_is_not_a_failure() -> None:
     assert loader.load(["d_e"]) == []
     assert loader.failed == {}
     assert b"".join(k.written.get("fd2", [])) == b""
+
+
+def test_optional_names_the_mini_initramfs_does_not_ship_are_passed_over_in_silence() -> None:
+    # load-modules asks for every SIGNATURE_HASHES alias first; the builder ships at most the
+    # one the kernel's signatures use, and the others are no news, even in a debug boot
+    k = FakeKernel()
+    k.add_file("/m/kernel/sha256-ssse3.ko", b"\x7fELF")
+    log = Log(k)
+    log.debug_enabled = True
+    index = parse_index("kernel/sha256-ssse3.ko:\n", "alias crypto-sha256 sha256_ssse3\n", "")
+    assert Loader(k, log, "/m", index).load(SIGNATURE_HASHES, optional=True) == ["sha256_ssse3"]
+    assert [line for line in log.lines if "not found" in line] == []
+    assert Loader(k, log, "/m", index).load(["crypto-sha512"]) == []  # not optional: reported
+    assert [line for line in log.lines if "not found" in line] == [
+        "storage-init: module crypto-sha512 not found; assuming it is built in"]

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                              "-icount shift=0: 1 ns each; waits on the host's clock), not by "
                              "the host's clock: free of the host's noise, blind to TCG's "
                              "translation")
+    parser.add_argument("--cpu", metavar="MODEL",
+                        help="QEMU's CPU model under TCG, e.g. max (default: qemu64)")
     args = parser.parse_args(argv)
     missing = [f for f in args.folders if not (f / "storage-init").is_file()]
     if missing:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 initramfs, disk_path = built[i]
                 run = boot(VmSpec(kernel.vmlinuz, initramfs, disk_path, "virtio-blk",
                                   benchmark.APPEND, memory_mb=benchmark.MEMORY_MB, timeout=600,
-                                  devices=benchmark.ICOUNT if args.icount else ()))
+                                  cpu=args.cpu, devices=benchmark.ICOUNT if args.icount else ()))
                 init_s, timings, dmesg = benchmark.parse(run.console)
                 if init_s is None:
                     print(run.describe()[-3000:], file=sys.stderr)
