@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     host.add_argument("--no-hostonly", dest="hostonly", action="store_false",
                       help="the common storage drivers: virtio-blk, virtio-scsi, NVMe, AHCI, "
                            "SCSI disk, USB storage, MMC/SD (default under another sysroot)")
+    host.add_argument("--drivers", metavar='"A B"',
+                      help="exactly these storage drivers (module names or aliases) for the "
+                           "device holding /boot, instead of the host's or the common ones: "
+                           "for an image built elsewhere for known hardware (e.g. "
+                           '"virtio_pci virtio_blk" or "nvme")')
     p.add_argument("--add-drivers", default="", metavar='"A B"',
                    help="more kernel modules (names or aliases) for the mini-initramfs")
     p.add_argument("--network", action="store_true",
@@ -249,8 +254,10 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
 
     # --- modules ---
     index = kmods.load_index(moddir)
-    hostonly = args.hostonly if args.hostonly is not None else sysroot == Path("/")
-    drivers = host_modules(ui, index) if hostonly else None
+    named = args.drivers.split() if args.drivers is not None else None
+    hostonly = (args.hostonly if args.hostonly is not None else sysroot == Path("/")
+                ) and named is None
+    drivers = named if named is not None else host_modules(ui, index) if hostonly else None
     if hostonly and drivers is None:
         ui.warning("host-only: cannot tell which device holds /boot; including the common "
                    "storage drivers instead")
@@ -282,10 +289,11 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if network and "nbd" in selection.missing:
         raise BuildError(f"{kver} has no nbd driver (CONFIG_BLK_DEV_NBD), built in or as a "
                          "module", "use a kernel with it for a bootfs on the network")
-    unknown = [name for name in extra if name in selection.missing]
-    if unknown:
-        raise BuildError(f"--add-drivers: {', '.join(unknown)} is neither a module of {kver} "
-                         f"nor built into it")
+    for option, given in (("--drivers", named or []), ("--add-drivers", extra)):
+        unknown = [name for name in given if name in selection.missing]
+        if unknown:
+            raise BuildError(f"{option}: {', '.join(unknown)} is neither a module of {kver} "
+                             f"nor built into it")
     if selection.missing:
         ui.info(f"not in {kver} (built in under another name, or absent): "
                 f"{', '.join(selection.missing)}")

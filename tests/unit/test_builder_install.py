@@ -143,6 +143,18 @@ def test_generic_selection_ships_the_fixture_kernels_modules(sysroot: Path) -> N
     assert f"{base}/drivers/unrelated.ko" not in names
 
 
+def test_named_drivers_replace_the_common_ones(sysroot: Path) -> None:
+    # --drivers: the image is for known hardware; only those drivers and their dependencies
+    assert install.main(args(sysroot, "--compress", "none", "--no-verity",
+                             "--drivers", "virtio_blk")) == 0
+    archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
+    modules = {e.name.rsplit("/", 1)[1] for e in cpio.read_all(archive)
+               if e.name.endswith(".ko")}
+    assert modules == {"virtio.ko", "virtio_ring.ko", "virtio_blk.ko"}  # no virtio_pci
+    with pytest.raises(SystemExit):  # one way of choosing the drivers at a time
+        install.main(args(sysroot, "--drivers", "nvme", "--no-hostonly"))
+
+
 def test_a_users_config_is_never_overwritten(sysroot: Path) -> None:
     mine = "# mine\nbootfs LABEL=mine\nbootfstype xfs\n"
     (sysroot / "etc/initoverlayfs.conf").write_text(mine)
@@ -154,8 +166,8 @@ def test_a_users_config_is_never_overwritten(sysroot: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["no-modules", "no-mkfs", "bad-initramfs", "exists",
-                                  "bad-config", "unknown-driver", "bad-frozen",
-                                  "no-dm-verity"])
+                                  "bad-config", "unknown-driver", "unknown-named-driver",
+                                  "bad-frozen", "no-dm-verity"])
 def test_refusals_change_nothing_and_say_what_to_do(
         sysroot: Path, case: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,6 +182,7 @@ def test_refusals_change_nothing_and_say_what_to_do(
         "exists": "pass -f to replace them",
         "bad-config": "initoverlayfs.conf: line 1 (bootfs)",
         "unknown-driver": "--add-drivers: no_such_driver",
+        "unknown-named-driver": "--drivers: nvme is neither a module of 6.1.0-test",
         "bad-frozen": "is not a frozen storage-init folder",
         "no-dm-verity": "has no dm-verity (CONFIG_DM_VERITY), built in or as a module",
     }[case]
@@ -187,6 +200,8 @@ def test_refusals_change_nothing_and_say_what_to_do(
         (sysroot / "etc/initoverlayfs.conf").write_text("bootfs sda1\n")
     elif case == "unknown-driver":
         argv += ["--add-drivers", "no_such_driver"]
+    elif case == "unknown-named-driver":
+        argv += ["--drivers", "virtio_blk nvme"]
     elif case == "bad-frozen":
         (sysroot / "frozen/storage-init").unlink()
     elif case == "no-dm-verity":

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         benchmark.make_tree(tree, files, args.size << 20)
         built = []
         for i, folder in enumerate(args.folders):
-            made = images.build_kernel_images(work / f"v{i}", kernel, tree, folder)
+            made = images.build_kernel_images(work / f"v{i}", kernel, tree, folder,
+                                              drivers=benchmark.DRIVERS)
             (work / f"disk{i}").mkdir()
             disk = images.make_disk(work / f"disk{i}", {made.image.name: made.image})
             built.append((made.initramfs, disk.path))

@@ -5,8 +5,9 @@ ways under QEMU, interleaved, so that drift hits every path alike.
   init;
 - c-original: the C original's storage-init, built from its source (c_original.py), in its own
   mini-initramfs, booting the same EROFS image from the same disk;
-- ours: the mini-initramfs of initoverlayfs-install, with the payload in the EROFS image on a
-  virtio disk, verified by dm-verity (the default);
+- ours: the mini-initramfs of initoverlayfs-install for the VM's disk (`--drivers`, DRIVERS:
+  the storage drivers the C original's wrapper loads), with the payload in the EROFS image on
+  a virtio disk, verified by dm-verity (the default);
 - ours-unverified: the same mini-initramfs and disk booted with rd.initoverlayfs.verity=0, so
   that the difference is what verification costs at boot.
 
@@ -44,6 +45,9 @@ PATHS = ("classic-zstd", "c-original", "ours", "ours-unverified")
 EXTRA_APPEND = {"ours-unverified": " rd.initoverlayfs.verity=0"}
 MEMORY_MB = 2048
 APPEND = "quiet rdinit=/init rd.emergency=poweroff"
+# The VM's disk controller and disk (virtio-blk on PCI): built for the hardware it boots on, as
+# the C original's wrapper is (c_original.py), not with the common drivers of every bus
+DRIVERS = "virtio_pci virtio_blk"
 # --icount: while the guest computes, its clock runs on instructions executed (1 ns each), not
 # on the host's time, so CPU work repeats to the millisecond; while it waits (the disk), the
 # clock runs on the host's time (sleep=on: with sleep=off it jumps to the guest's next timer,
@@ -225,7 +229,8 @@ def main() -> int:
         for name, command in COMPRESS.items():
             paths[name] = work / f"{name}-{size}.img"
             classic_initramfs(tree, paths[name], command)
-        images_built = images.build_kernel_images(work / f"ours-{size}", kernel, tree, frozen)
+        images_built = images.build_kernel_images(work / f"ours-{size}", kernel, tree, frozen,
+                                                  drivers=DRIVERS)
         disk_dir = work / f"disk-{size}"
         disk_dir.mkdir()
         disk = images.make_disk(disk_dir, {images_built.image.name: images_built.image})

@@ -93,9 +93,11 @@ def without_tree(image: Path, out: Path) -> Path:
 
 
 def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
-                        frozen: Path, config: str | None = None) -> KernelImages:
+                        frozen: Path, config: str | None = None,
+                        drivers: str | None = None) -> KernelImages:
     """Both images for `kernel`; the config from the sysroot's fstab, or `config` as the
-    sysroot's /etc/initoverlayfs.conf (an nbd: bootfs there builds for the network)."""
+    sysroot's /etc/initoverlayfs.conf (an nbd: bootfs there builds for the network);
+    `drivers`: initoverlayfs-install --drivers (default: the common storage drivers)."""
     sysroot = work / f"sysroot-{kernel.kver}{'-config' if config else ''}"
     (sysroot / "boot").mkdir(parents=True)
     (sysroot / "etc").mkdir()
@@ -106,7 +108,8 @@ def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
     if config:
         (sysroot / "etc/initoverlayfs.conf").write_text(config)
     code = install.main(["--sysroot", str(sysroot), "--kver", kernel.kver, "-q",
-                         "--storage-init", str(frozen), "--from-dir", str(content)])
+                         "--storage-init", str(frozen), "--from-dir", str(content),
+                         *(["--drivers", drivers] if drivers is not None else [])])
     if code != 0:
         raise RuntimeError(f"initoverlayfs-install failed for {kernel.kver}")
     initramfs = sysroot / "boot" / f"initramfs-{kernel.kver}.img"
