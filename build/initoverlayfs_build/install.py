@@ -255,9 +255,11 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     # --- modules ---
     index = kmods.load_index(moddir)
     named = args.drivers.split() if args.drivers is not None else None
-    hostonly = (args.hostonly if args.hostonly is not None else sysroot == Path("/")
-                ) and named is None
-    drivers = named if named is not None else host_modules(ui, index) if hostonly else None
+    if named is not None:  # --drivers: for known hardware, whatever this host has
+        hostonly, drivers = False, named
+    else:
+        hostonly = args.hostonly if args.hostonly is not None else sysroot == Path("/")
+        drivers = host_modules(ui, index) if hostonly else None
     if hostonly and drivers is None:
         ui.warning("host-only: cannot tell which device holds /boot; including the common "
                    "storage drivers instead")
