@@ -128,6 +128,28 @@ def test_cloud_kernel_images(tmp_path: Path, cloud: DebianKernel, frozen: Frozen
         assert (again / "boot" / name).read_bytes() == (sysroot / "boot" / name).read_bytes()
 
 
+def test_signature_hash_as_kmod_reads_it_and_named_drivers_on_a_real_kernel(
+        tmp_path: Path, cloud: DebianKernel, frozen: Frozen, content: Path) -> None:
+    # the builder's reading of the modules' PKCS#7 signatures against kmod's (modinfo's
+    # sig_hashalgo), on a sample of the real kernel's modules
+    sample = sorted(cloud.modules.rglob("*.ko"))[::50]
+    assert len(sample) > 10
+    for path in sample:
+        expected = subprocess.run([tool("modinfo", "kmod"), "-F", "sig_hashalgo", str(path)],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        assert kmods.signature_hash(path.read_bytes()) == (expected or None), path
+    # unverified and for the VM's disk only: its drivers' closure and the signatures' hash
+    sysroot = make_sysroot(tmp_path, cloud, "LABEL=boot /boot ext4 defaults 0 2\n")
+    build(sysroot, cloud.kver, frozen, "--from-dir", str(content), "--no-verity",
+          "--drivers", "virtio_pci virtio_blk")
+    entries = cpio.read_all(unpack(sysroot / f"boot/initramfs-{cloud.kver}.img"))
+    shipped = {Path(e.name).name for e in entries if e.name.endswith(".ko")}
+    wanted = set().union(*(modprobe_closure(cloud, m) for m in (
+        "loop", "erofs", "overlay", "virtio_pci", "virtio_blk", "sha256_ssse3")))
+    assert shipped == wanted
+    assert "sha256-ssse3.ko" in shipped and "virtio_scsi.ko" not in shipped
+
+
 def test_generic_kernel_ships_modular_storage_and_ext4_with_its_softdeps(
         tmp_path: Path, generic: DebianKernel, frozen: Frozen, content: Path) -> None:
     sysroot = make_sysroot(tmp_path, generic, "UUID=1b2c /boot ext4 defaults 0 2\n")
