@@ -237,8 +237,10 @@ class Loader:
         names: list[str] = []
         for item in wanted:
             resolved = self.index.resolve(item)
-            if not resolved and not optional and item not in self._seen_aliases \
-                    and ":" not in item:
+            if optional:  # not remembered: asked for later by name, it is still reported
+                names.extend(resolved)
+                continue
+            if not resolved and item not in self._seen_aliases and ":" not in item:
                 self.log.debug(f"module {item} not found; assuming it is built in")
             self._seen_aliases.add(item)
             names.extend(resolved)

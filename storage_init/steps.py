@@ -388,7 +388,8 @@ STEPS = (
     Step("read-config", read_config, "read {config} and apply the kernel command line",
          "{config}"),
     Step("load-modules", load_modules,
-         "load loop, fs-{fstype} and overlay from {modules} (built-in is fine)", "{modules}"),
+         "load the module signatures' hash (when shipped), then loop, fs-{fstype} and "
+         "overlay from {modules} (built-in is fine)", "{modules}"),
     Step("trigger", trigger,
          "open the uevent socket; trigger add for {subsystems} (--systemd: udevd did)",
          "udev_trigger in {config}"),
