@@ -129,7 +129,9 @@ def import_pyudev() -> types.ModuleType:
       pyudev's import (natively, -X importtime);
     - re, lazily: pyudev compiles regexes only inside functions storage-init does not call
       (device numbers from strings), and importing re with enum was 15 million instructions
-      (callgrind, natively); the stand-in imports the real re if one of them ever runs;
+      (callgrind, natively); the stand-in imports the real re if one of them ever runs,
+      which in the frozen binary (without re since storage_init/cli.py) is an ImportError
+      naming re, not a wrong answer;
     - collections and functools: pyudev subclasses collections.abc's ABCs, which live in
       _collections_abc (loaded with os), and uses functools.wraps once and partial (from the
       built-in _functools); the packages around them (namedtuple, OrderedDict, lru_cache...)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import TYPE_CHECKING, __version__
+from . import TYPE_CHECKING, __version__, cli
 from .boot import Boot, Paths
 from .cmdline import DEBUG, flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
@@ -21,7 +21,6 @@ from .settings import resolve
 from .steps import RDINIT, SYSTEMD, steps_for
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
@@ -94,41 +93,23 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    # imported here: as PID 1 the command line is never parsed, and every import is boot time
-    import argparse
-
-    p = argparse.ArgumentParser(
-        prog="storage-init",
-        description="Early-boot storage shim of initoverlayfs. Run by the kernel as PID 1 "
-        "(rdinit=/init) it finds /boot, mounts the EROFS image from it under a tmpfs-backed "
-        "overlay, switches root and executes init. Run by hand it can only show its plan.",
-        epilog="Kernel command line: rd.initoverlayfs.bootfs= .bootfstype= .fs= .fstype= "
-        ".timeout= .init= .debug .verity=0|1, init=, rd.shell, rd.emergency=reboot|poweroff|halt; "
-        "for a bootfs on NBD, rd.initoverlayfs.bootfs=nbd:HOST[:PORT]/EXPORT and "
-        "ip=CLIENT::GATEWAY:NETMASK:HOSTNAME:INTERFACE:none (static IPv4 only).",
-    )
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved configuration and the plan of steps, then exit")
-    p.add_argument("--systemd", action="store_true",
-                   help="run as a systemd service in the mini-initramfs (udevd already up): "
-                   "the same steps without the early mounts, switch root and exec; on a failure "
-                   "rd.emergency= as PID 1 would, or with rd.shell an exit for OnFailure=")
-    p.add_argument("--config", default=Paths.config, metavar="PATH",
-                   help="config file (default: %(default)s)")
-    p.add_argument("--cmdline", metavar="TEXT",
-                   help="with --dry-run: use this kernel command line instead of /proc/cmdline")
-    p.add_argument("--version", action="version", version=f"storage-init {__version__}")
-    return p
-
-
 def main(argv: Sequence[str] | None = None, entered: float | None = None) -> int:
     """`entered`: CLOCK_BOOTTIME when the program's first line ran (__main__.py)."""
     argv = list(sys.argv if argv is None else argv)
     kernel = Kernel()
     if kernel.getpid() == 1:
         boot_pid1(kernel, argv, os.environ, entered=entered)
-    args = parser().parse_args(argv[1:])
+    try:
+        args = cli.parse(argv[1:], Paths.config)
+    except cli.UsageError as exc:
+        print(cli.error_text(exc), file=sys.stderr)
+        return 2
+    if args.help:
+        print(cli.help_text(Paths.config))
+        return 0
+    if args.version:
+        print(f"storage-init {__version__}")
+        return 0
     paths = Paths(config=args.config)
     mode = SYSTEMD if args.systemd else RDINIT
     if args.dry_run:

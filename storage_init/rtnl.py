@@ -103,10 +103,12 @@ def _messages() -> types.SimpleNamespace:
 
 def _import_messages() -> types.SimpleNamespace:
     if "pyroute2" not in sys.modules:
-        import importlib.util
         try:
+            # the local freeze leaves out both importlib.util and pyroute2: to its Nuitka
+            # either import is "actively excluded" (a nofollow), an ImportError
+            import importlib.util
             spec = importlib.util.find_spec("pyroute2")
-        except ImportError:  # the local freeze's Nuitka: "actively excluded" (a nofollow)
+        except ImportError:
             spec = None
         if spec is None:
             raise ModuleNotFoundError("pyroute2 is not in this storage-init (built without "

@@ -12,7 +12,12 @@ about 0.7 MB of bytecode no boot loads:
   UTF-16-LE (GPT partition names). A codec dropped here is a LookupError ("unknown
   encoding"), not a crash at start;
 - `dis` and `opcode`, which only the real `inspect` imports: the freeze's `inspect` is
-  frozen_inspect.py, which imports nothing. (`ast` stays: traceback imports it.)
+  frozen_inspect.py, which imports nothing;
+- what the real `inspect` and `locale` import and storage-init does not (since
+  storage_init/cli.py replaced argparse, about 0.5 MB more): ast, tokenize and linecache, re
+  with enum, collections, functools, contextlib, operator and reprlib, and quopri. The
+  network variant still has those its pyroute2 imports (freeze.NETWORK_NEEDS): Nuitka
+  follows them from pyroute2 like any import.
 
 The plugin replaces `_detectEarlyImports` with a filter over the original's result when Nuitka
 loads it. Nuitka would still ship these modules as "the non-excluded parts of the standard
@@ -34,9 +39,13 @@ from nuitka.plugins.PluginBase import NuitkaPluginBase
 KEPT_ENCODINGS = frozenset({
     "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "utf_16", "utf_16_be", "utf_16_le",
     "utf_32", "utf_32_be", "utf_32_le", "unicode_escape", "raw_unicode_escape"})
-# the real inspect's imports, and the C halves of the CJK codecs
-NOT_AT_START = frozenset({"dis", "opcode", "_multibytecodec", "_codecs_cn", "_codecs_hk",
-                          "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw"})
+# the real inspect's and locale's imports, and the C halves of the CJK codecs
+NOT_AT_START = frozenset({
+    "dis", "opcode", "ast", "tokenize", "token", "linecache", "locale", "quopri", "keyword",
+    "re", "re._casefix", "re._compiler", "re._constants", "re._parser", "enum", "collections",
+    "collections.abc", "functools", "contextlib", "operator", "reprlib", "copyreg",
+    "_multibytecodec", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp",
+    "_codecs_kr", "_codecs_tw"})
 
 
 def dropped(name: str) -> bool:
@@ -66,7 +75,7 @@ def install(detection: Any) -> None:
 
 class StorageInitEarlyImports(NuitkaPluginBase):  # type: ignore[misc]
     plugin_name = "initoverlayfs-early-imports"
-    plugin_desc = "only the start-up modules storage-init can need: no unused codecs, no ast"
+    plugin_desc = "only the start-up modules storage-init can need: no unused codecs, no ast, no re"
 
     def __init__(self) -> None:
         from nuitka.freezer import ImportDetection

@@ -19,6 +19,7 @@ from initoverlayfs_build import cpio, initramfs, install, kmods
 from initoverlayfs_build.freeze import Frozen, default_frozen
 from initoverlayfs_build.ui import Ui
 
+from storage_init import __version__
 from tests.support.debian_kernel import DebianKernel, fetch
 
 from .test_real_boot import TEST_INIT, Run, assert_reached_init, in_new_namespaces, tool
@@ -266,6 +267,25 @@ def test_frozen_binary_dry_run_in_a_private_namespace(mini_root: tuple[Path, str
     assert f"UUID={boot_uuid}" in done.stdout
     for step in ("mount-api", "wait-bootfs", "mount-image", "switch-root", "exec-init"):
         assert step in done.stdout, done.stdout
+
+
+def test_frozen_binary_command_line_by_hand(mini_root: tuple[Path, str, str]) -> None:
+    # The frozen binary has no argparse, re or locale (storage_init/cli.py parses its command
+    # line): --help, --version and a usage error work in it as in the tests' interpreter.
+    root, _, _ = mini_root
+    results = {}
+    for args in ("--help", "--version", "--dry-run --bogus"):
+        done = subprocess.run(in_new_namespaces("/bin/sh", "-c", f"chroot {root} /init {args}"),
+                              capture_output=True, text=True, timeout=60,
+                              env={"LANG": "C.UTF-8"})
+        results[args] = (done.returncode, done.stdout, done.stderr)
+    assert results["--help"][0] == 0, results["--help"]
+    assert results["--help"][1].startswith("usage: storage-init [-h] [--dry-run]")
+    assert "rd.initoverlayfs.bootfs=" in results["--help"][1]
+    assert results["--version"][:2] == (0, f"storage-init {__version__}\n")
+    assert results["--dry-run --bogus"][0] == 2
+    assert results["--dry-run --bogus"][2].endswith(
+        "storage-init: error: unrecognized arguments: --bogus\n")
 
 
 def test_frozen_binary_boots_as_pid1_from_its_mini_initramfs(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from storage_init import __version__, cli
 from storage_init import kernel as real
 from storage_init.boot import Boot, Paths
 from storage_init.log import Log
@@ -106,7 +107,46 @@ def test_not_pid1_without_a_mode_refuses(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_help_describes_the_kernel_arguments(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["storage-init", "--help"])
+    assert main(["storage-init", "--help"]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("usage: storage-init [-h] [--dry-run]")
     assert "--dry-run" in out and "rd.initoverlayfs.bootfs=" in out and "rd.emergency" in out
+    assert "config file (default: /etc/initoverlayfs.conf)" in out
+    assert main(["storage-init", "-h"]) == 0 and capsys.readouterr().out == out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["storage-init", "--version"]) == 0
+    assert capsys.readouterr().out == f"storage-init {__version__}\n"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], cli.Options(config="/etc/x.conf")),
+    (["--dry-run", "--cmdline", "quiet rd.shell=0"],
+     cli.Options(config="/etc/x.conf", cmdline="quiet rd.shell=0", dry_run=True)),
+    (["--config=/a", "--cmdline=", "--systemd"],
+     cli.Options(config="/a", cmdline="", systemd=True)),
+    (["--config", "/a", "--config", "/b"], cli.Options(config="/b")),  # the last one wins
+    (["--config", "-"], cli.Options(config="-")),
+    (["--cmdline=-x rd.shell"], cli.Options(config="/etc/x.conf", cmdline="-x rd.shell")),
+])
+def test_command_line_options(args: list[str], expected: cli.Options) -> None:
+    assert cli.parse(args, "/etc/x.conf") == expected
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--config"], "argument --config: expected one argument"),
+    (["--cmdline", "--dry-run"], "argument --cmdline: expected one argument"),
+    (["--dry"], "unrecognized arguments: --dry"),  # no abbreviations
+    (["--dry-run", "x", "y"], "unrecognized arguments: x y"),
+    (["--", "--dry-run"], "unrecognized arguments: --dry-run"),
+    (["--systemd=yes"], "argument --systemd: ignored explicit argument 'yes'"),
+])
+def test_command_line_errors_give_usage_and_status_2(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(cli.UsageError, match=f"^{message}$"):
+        cli.parse(args, "/etc/x.conf")
+    assert main(["storage-init", *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"{cli.USAGE}\nstorage-init: error: {message}\n"

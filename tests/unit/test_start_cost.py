@@ -120,27 +120,28 @@ def test_nothing_the_freeze_leaves_out_is_imported_at_boot() -> None:
     # A module the freeze leaves out but something imports would stop the frozen binary at
     # boot; this runs the imports of a boot (pyudev included, through import_pyudev as a
     # boot does, and its enumeration) and of the command-line path, --help included.
-    from initoverlayfs_build.freeze import NOT_NEEDED, UNUSED_EXTENSIONS
+    from initoverlayfs_build.freeze import NOT_NEEDED, UNUSED_EXTENSIONS, early_not_needed
     loaded = set(_probe(
-        "import sys, io, contextlib, storage_init.main as m, storage_init.kernel as k\n"
+        "import sys, io, storage_init.main as m, storage_init.kernel as k\n"
         "c = k.import_pyudev().Context()\n"
         "[d.properties.get('DEVNAME') for d in c.list_devices(subsystem='block')]\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-        "    m.parser().parse_args(['--help'])\n"
+        "out, sys.stdout, sys.stderr = sys.stdout, io.StringIO(), io.StringIO()\n"
+        "for args in (['--help'], ['--version'], ['--bogus'], ['--config']):\n"
+        "    assert m.main(['storage-init', *args]) in (0, 2)\n"
+        "sys.stdout = out\n"
         "print(' '.join(sys.modules))").split())
-    assert {"pyudev", "argparse", "shutil"} <= loaded
-    # shutil (for argparse's help width) tries these and does without them when missing
-    optional = {"zlib", "bz2", "_bz2", "lzma", "_lzma"}
-    assert sorted(m for m in NOT_NEEDED if m in loaded - optional) == []
+    assert {"pyudev", "storage_init.cli"} <= loaded
+    assert sorted(m for m in NOT_NEEDED if m in loaded) == []
+    assert sorted(m for m in early_not_needed() if m in loaded) == []
     assert sorted(m for m in (e.removesuffix(".so") for e in UNUSED_EXTENSIONS)
-                  if m in loaded - optional) == []
+                  if m in loaded) == []
 
 
 def test_the_network_freeze_leaves_out_nothing_a_network_boot_imports() -> None:
     # The --network variant keeps what pyroute2's message classes import of NOT_NEEDED and
     # UNUSED_EXTENSIONS; this builds every message a network boot sends (rtnl.messages() and
     # the builders) and checks the variant's exclusions against what that imported.
-    from initoverlayfs_build.freeze import not_needed, unused_extensions
+    from initoverlayfs_build.freeze import early_not_needed, not_needed, unused_extensions
     loaded = set(_probe(
         "import sys, storage_init.main, storage_init.network, storage_init.rtnl as r\n"
         "r.link_up(2, 1400, 1); r.get_link(2, 2); r.add_address(2, '10.0.2.15', 24, 3)\n"
@@ -154,6 +155,7 @@ def test_the_network_freeze_leaves_out_nothing_a_network_boot_imports() -> None:
     assert {"pyroute2.netlink.rtnl.ifinfmsg", "storage_init.nbdproto"} <= loaded
     optional = {"zlib", "bz2", "_bz2", "lzma", "_lzma"}
     assert sorted(m for m in not_needed(True) if m in loaded - optional) == []
+    assert sorted(m for m in early_not_needed(True) if m in loaded) == []
     assert sorted(m for m in (e.removesuffix(".so") for e in unused_extensions(True))
                   if m in loaded - optional) == []
     # and the pyroute2 package __init__ (asyncio, ssl, sqlite3...) never ran
@@ -356,12 +358,12 @@ def _early_imports_plugin() -> Any:
 def test_early_imports_keep_what_a_start_or_storage_init_can_need() -> None:
     dropped = _early_imports_plugin().dropped
     kept = ["encodings", "encodings.aliases", "encodings.utf_8", "encodings.utf_16_le",
-            "encodings.ascii", "encodings.latin_1", "inspect", "ast", "locale", "tokenize",
-            "codecs", "io", "os"]
+            "encodings.ascii", "encodings.latin_1", "inspect", "codecs", "io", "os", "abc",
+            "stat", "posixpath", "types", "warnings", "_collections_abc"]
     assert [n for n in kept if dropped(n)] == []
     assert all(map(dropped, ["encodings.cp437", "encodings.big5", "encodings.mac_roman",
                              "encodings.idna", "dis", "opcode", "_codecs_jp",
-                             "_multibytecodec"]))
+                             "_multibytecodec", "ast", "tokenize", "locale", "re", "enum"]))
     # the codecs storage-init decodes with by name (probe.py), and the interpreter's own
     source = (Path(__file__).parents[2] / "storage_init" / "probe.py").read_text()
     for codec in set(re.findall(r'\.decode\("([\w-]+)"', source)) | {"utf-8"}:
