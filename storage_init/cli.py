@@ -73,9 +73,10 @@ def parse(args: Sequence[str], default_config: str) -> Options:
         name, eq, value = word.partition("=")
         if name in VALUED:
             if not eq:
-                value = next(words, None)  # type: ignore[assignment]
-                if value is None or (value.startswith("-") and value != "-"):
+                following = next(words, None)
+                if following is None or (following.startswith("-") and following != "-"):
                     raise UsageError(f"argument {name}: expected one argument")
+                value = following
             setattr(options, VALUED[name], value)
         elif word in FLAGS:
             setattr(options, FLAGS[word], True)
