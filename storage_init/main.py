@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import TYPE_CHECKING, __version__, cli
+from . import TYPE_CHECKING, __version__
 from .boot import Boot, Paths
 from .cmdline import DEBUG, flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None, entered: float | None = None) -> int
     kernel = Kernel()
     if kernel.getpid() == 1:
         boot_pid1(kernel, argv, os.environ, entered=entered)
+    from . import cli  # here: PID 1 never parses its command line, and imports are boot time
+
     try:
         args = cli.parse(argv[1:], Paths.config)
     except cli.UsageError as exc:

@@ -113,6 +113,7 @@ def test_storage_init_imports_none_of_the_costly_modules() -> None:
               "pyroute2", "storage_init.network", "storage_init.rtnl", "storage_init.nbdproto")
     loaded = _probe("import sys, storage_init.main; print(' '.join(sys.modules))").split()
     assert "storage_init.kernel" in loaded
+    assert "storage_init.cli" not in loaded  # only off PID 1 (main imports it there)
     assert [m for m in costly if m in loaded] == []
 
 
