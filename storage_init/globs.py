@@ -86,12 +86,18 @@ def _fits(token: Token, name: str, n: int) -> int:
 def _match(name: str, tokens: tuple[Token, ...]) -> bool:
     # Every token but "*" has a fixed length, so only the last "*" ever needs to take more:
     # the classic wildcard walk, linear in practice (no regex, no backtracking blow-up).
+    # Where a literal follows that "*", it takes more up to the literal's next occurrence
+    # (str.find) rather than one character a turn, and a last "*" takes the rest at once: a
+    # CPU's modalias is 400-800 characters, and each of its `cpu:...:feature:*0089*` aliases
+    # took 0.3-0.4 ms to match or miss one character at a time (natively).
     t = n = 0
     star_t, star_n = -1, 0
     while n < len(name) or t < len(tokens):
         if t < len(tokens):
             token = tokens[t]
             if token == "*":
+                if t + 1 == len(tokens):
+                    return True  # a last "*" takes the rest, whatever it is
                 star_t, star_n = t, n
                 t += 1
                 continue
@@ -101,7 +107,13 @@ def _match(name: str, tokens: tuple[Token, ...]) -> bool:
                 continue
         if star_t < 0 or star_n >= len(name):
             return False
-        star_n += 1
+        after = tokens[star_t + 1]  # a "*" is never last here, nor followed by a "*"
+        if isinstance(after, str) and after != "?":  # a literal
+            star_n = name.find(after, star_n + 1)
+            if star_n < 0:
+                return False
+        else:
+            star_n += 1
         t, n = star_t + 1, star_n
     return True
 

@@ -9,6 +9,8 @@ import pytest
 
 from storage_init.globs import fnmatchcase
 
+CPU = "cpu:type:x86,ven0000fam0006mod0006:feature:," + ",".join(
+    f"{n:04X}" for n in [*range(0x40), 0x64, 0x68, 0x6E, 0x80, 0x81, 0x83, 0x85, 0x87, 0x8D])
 # Real modules.alias patterns (Debian 6.1 generic), with names that match and do not.
 ALIASES = [
     "pci:v00001AF4d00001042sv*sd*bc*sc*i*", "virtio:d00000002v*", "scsi:t-0x00*",
@@ -24,6 +26,9 @@ NAMES = [
     "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02", "acpi:PNP0A03:", "fs-ext4",
     "fs-ext3", "block-major-259-0", "cpu:type:x86,ven0000fam0006mod003A:feature:,0089,",
     "", "*", "[", "]",
+    # whole CPU modaliases (QEMU's default CPU; and the same with SSSE3, 0089, last), which
+    # the cpu: aliases are matched against at every boot
+    CPU, CPU + ",0089",
 ]
 
 
