@@ -4,21 +4,21 @@ because "CPython's start might need them" are cut down to what storage-init's st
 Nuitka decides what a standalone program's interpreter start needs by importing, in a child
 Python, every `encodings` submodule, `locale` and the real `inspect`
 (nuitka/freezer/ImportDetection.py, `_detectEarlyImports`), and then ships all of them and
-their imports in the binary whether the program uses them or not. For storage-init that is
-about 0.7 MB of bytecode no boot loads:
+their imports in the binary whether the program uses them or not. For storage-init that was
+bytecode no boot loads:
 - about 100 codecs: cp*, mac_*, iso8859_*, koi8_* and the CJK ones, whose C halves the freeze
   already deletes (freeze.UNUSED_EXTENSIONS). The binary runs in UTF-8 mode, so the
   interpreter's own encodings are UTF-8, and storage-init decodes by name only UTF-8 and
   UTF-16-LE (GPT partition names). A codec dropped here is a LookupError ("unknown
   encoding"), not a crash at start;
 - `dis` and `opcode`, which only the real `inspect` imports: the freeze's `inspect` is
-  frozen_inspect.py, which imports nothing;
-- what the real `inspect` and `locale` import and storage-init does not (since
-  storage_init/cli.py replaced argparse; with argparse's own imports, 0.9 MB of the binary
-  went): ast, tokenize and linecache, re
-  with enum, collections, functools, contextlib, operator and reprlib, and quopri. The
-  network variant still has those its pyroute2 imports (freeze.NETWORK_NEEDS): Nuitka
-  follows them from pyroute2 like any import.
+  frozen_inspect.py, which imports nothing (with the codecs, 0.7 MB);
+- what the real `inspect` and `locale` import and storage-init does not, since
+  storage_init/cli.py replaced argparse: ast, tokenize and linecache, re with enum,
+  collections, functools, contextlib, operator and reprlib, and quopri (with argparse's own
+  imports, which freeze.NOT_NEEDED leaves out, 0.9 MB). The network variant still has those
+  its pyroute2 imports (freeze.NETWORK_NEEDS): Nuitka follows them from pyroute2 like any
+  import.
 
 The plugin replaces `_detectEarlyImports` with a filter over the original's result when Nuitka
 loads it. Nuitka would still ship these modules as "the non-excluded parts of the standard

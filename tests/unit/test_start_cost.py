@@ -142,7 +142,12 @@ def test_the_network_freeze_leaves_out_nothing_a_network_boot_imports() -> None:
     # The --network variant keeps what pyroute2's message classes import of NOT_NEEDED and
     # UNUSED_EXTENSIONS; this builds every message a network boot sends (rtnl.messages() and
     # the builders) and checks the variant's exclusions against what that imported.
-    from initoverlayfs_build.freeze import early_not_needed, not_needed, unused_extensions
+    from initoverlayfs_build.freeze import (
+        NETWORK_NEEDS,
+        early_not_needed,
+        not_needed,
+        unused_extensions,
+    )
     loaded = set(_probe(
         "import sys, storage_init.main, storage_init.network, storage_init.rtnl as r\n"
         "r.link_up(2, 1400, 1); r.get_link(2, 2); r.add_address(2, '10.0.2.15', 24, 3)\n"
@@ -157,6 +162,8 @@ def test_the_network_freeze_leaves_out_nothing_a_network_boot_imports() -> None:
     optional = {"zlib", "bz2", "_bz2", "lzma", "_lzma"}
     assert sorted(m for m in not_needed(True) if m in loaded - optional) == []
     assert sorted(m for m in early_not_needed(True) if m in loaded) == []
+    # and what it keeps for pyroute2 is what pyroute2 imports, nothing more
+    assert sorted(NETWORK_NEEDS - loaded) == []
     assert sorted(m for m in (e.removesuffix(".so") for e in unused_extensions(True))
                   if m in loaded - optional) == []
     # and the pyroute2 package __init__ (asyncio, ssl, sqlite3...) never ran
