@@ -129,6 +129,28 @@ def module_params(words: Iterable[tuple[str, str | None]]) -> dict[str, str]:
     return {name: " ".join(params.values()) for name, params in given.items()}
 
 
+# The kernel command line's lists of modules not to load (comma-separated names). kmod reads
+# modprobe.blacklist= and dracut turns rd.driver.blacklist= into the same: udev then loads none
+# of them for a device, while `modprobe NAME` still loads one asked for by name. The kernel
+# itself refuses every module named by module_blacklist= (EPERM), however it is asked for.
+DEVICE_BLACKLISTS = ("modprobe.blacklist", "rd.driver.blacklist")
+KERNEL_BLACKLIST = "module_blacklist"
+
+
+def module_blacklist(words: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """Module name -> the command line parameter that blacklists it (module_blacklist= where
+    several do: that one the kernel enforces for every load)."""
+    found: dict[str, str] = {}
+    for key, value in words:
+        if key not in (*DEVICE_BLACKLISTS, KERNEL_BLACKLIST) or not value:
+            continue
+        for word in value.split(","):
+            name = module_name(word.strip())
+            if name and (key == KERNEL_BLACKLIST or name not in found):
+                found[name] = key
+    return found
+
+
 def parse_modules_dep(text: str) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     paths: dict[str, str] = {}
     deps: dict[str, tuple[str, ...]] = {}
@@ -206,9 +228,11 @@ class Loader:
     """Loads modules once each; remembers what it loaded and what failed, for error messages."""
 
     def __init__(self, kernel: _Kernel, log: _Log, directory: str, index: ModuleIndex,
-                 params: dict[str, str] | None = None) -> None:
+                 params: dict[str, str] | None = None,
+                 blacklist: dict[str, str] | None = None) -> None:
         self.kernel, self.log, self.directory, self.index = kernel, log, directory, index
         self.params = module_params(()) if params is None else params
+        self.blacklist = blacklist or {}  # module_blacklist()
         self.loaded: list[str] = []
         self.failed: dict[str, str] = {}
         self._done: set[str] = set()
@@ -217,7 +241,8 @@ class Loader:
 
     @classmethod
     def from_directory(cls, kernel: _Kernel, log: _Log, directory: str,
-                       params: dict[str, str] | None = None) -> Loader:
+                       params: dict[str, str] | None = None,
+                       blacklist: dict[str, str] | None = None) -> Loader:
         def text(name: str) -> str:
             try:
                 return kernel.read_file(f"{directory}/{name}").decode(errors="replace")
@@ -229,14 +254,19 @@ class Loader:
             log.info(f"no {directory}/modules.dep: drivers are expected to be built in")
         return cls(kernel, log, directory, parse_index(dep, text("modules.alias"),
                                                        text("modules.builtin"),
-                                                       text("modules.softdep")), params)
+                                                       text("modules.softdep")), params,
+                   blacklist)
 
-    def load(self, wanted: Iterable[str], optional: bool = False) -> list[str]:
+    def load(self, wanted: Iterable[str], optional: bool = False,
+             for_device: bool = False) -> list[str]:
         """Load what these names/aliases resolve to; returns the modules newly loaded.
-        `optional`: names the mini-initramfs may not ship, without a word when it does not."""
+        `optional`: names the mini-initramfs may not ship, without a word when it does not.
+        `for_device`: a device's modalias, for which no blacklisted module is loaded."""
         names: list[str] = []
         for item in wanted:
             resolved = self.index.resolve(item)
+            if for_device:
+                resolved = [name for name in resolved if not self._blacklisted(name, item)]
             if optional:  # not remembered: asked for later by name, it is still reported
                 names.extend(resolved)
                 continue
@@ -253,7 +283,19 @@ class Loader:
     def load_modalias(self, modalias: str) -> list[str]:
         if modalias in self._seen_aliases:
             return []
-        return self.load([modalias])
+        return self.load([modalias], for_device=True)
+
+    def _blacklisted(self, name: str, modalias: str) -> bool:
+        """Whether the command line blacklists this match of a device's modalias (a
+        dependency of another match still loads, as with kmod)."""
+        parameter = self.blacklist.get(name)
+        if parameter is None:
+            return False
+        if name not in self.failed:
+            self.failed[name] = f"{parameter}= on the kernel command line"
+            self.log.info(f"module {name} (for {modalias}) not loaded: {parameter}= on the "
+                          "kernel command line")
+        return True
 
     def _for_this_cpu(self, name: str) -> bool:
         """A module whose x86cpu table this CPU does not match is not loaded: its init would
@@ -273,6 +315,12 @@ class Loader:
 
     def _insert(self, name: str) -> bool:
         self._done.add(name)
+        if self.blacklist.get(name) == KERNEL_BLACKLIST:
+            # the kernel would refuse it (EPERM) after reading the file
+            self.failed[name] = f"{KERNEL_BLACKLIST}= on the kernel command line"
+            self.log.info(f"module {name} not loaded: {KERNEL_BLACKLIST}= on the kernel "
+                          "command line")
+            return False
         if not self._for_this_cpu(name):
             return False
         path = f"{self.directory}/{self.index.paths[name]}"

@@ -19,7 +19,7 @@ from .devices import Finder
 from .emergency import Policy
 from .errors import BootError
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
-from .modules import SIGNATURE_HASHES, Loader, module_params
+from .modules import SIGNATURE_HASHES, Loader, module_blacklist, module_params
 from .record import record
 from .settings import VERITY, resolve
 
@@ -114,7 +114,8 @@ def read_config(boot: Boot) -> None:
 def load_modules(boot: Boot) -> None:
     s = boot.need_settings()
     boot.loader = Loader.from_directory(boot.kernel, boot.log, boot.modules_dir(),
-                                        module_params(boot.params))
+                                        module_params(boot.params),
+                                        module_blacklist(boot.params))
     boot.loader.load(SIGNATURE_HASHES, optional=True)  # first: see modules.SIGNATURE_HASHES
     boot.loader.load(["loop", f"fs-{s.fstype}", "fs-overlay"])
 

@@ -19,6 +19,7 @@ from storage_init.modules import (
     Loader,
     cpu_patterns,
     fits_cpu,
+    module_blacklist,
     module_name,
     module_params,
     parse_index,
@@ -130,6 +131,57 @@ def test_loader_reports_a_module_file_that_is_missing() -> None:
     loader = Loader(k, Log(k), "/m", parse_index(DEP, ALIAS, ""))
     assert loader.load(["b"]) == []
     assert set(loader.failed) == {"c", "b"}
+
+
+def test_blacklists_from_the_command_line_as_kmod_dracut_and_the_kernel_read_them() -> None:
+    words = parse_cmdline("modprobe.blacklist=a,virtio-scsi, rd.driver.blacklist=b "
+                          "rd.driver.blacklist=c,a module_blacklist=a,nvme modprobe.blacklist= "
+                          "modprobe.blacklist dm_mod.blacklist=x")
+    assert module_blacklist(words) == {
+        "a": "module_blacklist", "virtio_scsi": "modprobe.blacklist",
+        "b": "rd.driver.blacklist", "c": "rd.driver.blacklist", "nvme": "module_blacklist"}
+    assert module_blacklist(parse_cmdline("ro quiet")) == {}
+
+
+def test_a_blacklisted_module_is_not_loaded_for_a_device_but_is_by_name() -> None:
+    """modprobe.blacklist= as udev's kmod applies it: no match of a device's modalias is loaded,
+    a dependency of another match still is, and so is a module asked for by name."""
+    k = FakeKernel()
+    for name in ("a", "b", "c"):
+        k.add_file(f"/m/kernel/{name}.ko", b"\x7fELF")
+    dep = DEP.replace(".xz", "")
+    alias = ALIAS + "alias pci:v00001AF4d* b\n"
+    log = Log(k)
+    log.console_fd = 2
+    loader = Loader(k, log, "/m", parse_index(dep, alias, ""),
+                    blacklist=module_blacklist(parse_cmdline("modprobe.blacklist=b")))
+    assert loader.load_modalias("pci:v00001AF4d00001001") == ["c", "b", "a"]  # b: a's dep
+    k2 = FakeKernel()
+    for name in ("a", "b", "c"):
+        k2.add_file(f"/m/kernel/{name}.ko", b"\x7fELF")
+    loader = Loader(k2, Log(k2), "/m", parse_index(dep, ALIAS, ""),
+                    blacklist=module_blacklist(parse_cmdline("rd.driver.blacklist=a")))
+    assert loader.load_modalias("pci:v00001AF4d00001001") == []
+    assert k2.recorded("finit_module") == []
+    assert loader.failed == {"a": "rd.driver.blacklist= on the kernel command line"}
+    assert loader.load(["a"]) == ["c", "b", "a"]  # by name, as `modprobe a`
+
+
+def test_a_module_the_kernel_refuses_by_module_blacklist_is_not_even_opened() -> None:
+    k = FakeKernel()
+    for name in ("a", "b", "c"):
+        k.add_file(f"/m/kernel/{name}.ko", b"\x7fELF")
+    log = Log(k)
+    log.console_fd = 2
+    loader = Loader(k, log, "/m", parse_index(DEP.replace(".xz", ""), ALIAS, ""),
+                    blacklist=module_blacklist(parse_cmdline("module_blacklist=b")))
+    assert loader.load(["a"]) == ["c", "a"]  # a then fails in the real kernel: b's symbols
+    assert [path for _, path, _ in k.recorded("finit_module")] == [
+        "/m/kernel/c.ko", "/m/kernel/a.ko"]
+    assert loader.failed == {"b": "module_blacklist= on the kernel command line"}
+    console = b"".join(k.written["fd2"]).decode()
+    assert "module b not loaded: module_blacklist= on the kernel command line" in console
+    assert "Failed" not in console  # not a warning: the user asked for it
 
 
 def test_loop_structures_match_the_kernel_abi() -> None:

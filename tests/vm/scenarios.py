@@ -72,6 +72,9 @@ SCENARIOS = {s.name: s for s in (
     Scenario("init-elsewhere", append="init=/sbin/otherinit"),
     Scenario("fail-no-bootfs", append=f"rd.initoverlayfs.bootfs=UUID={NO_SUCH_UUID} "
                                       "rd.initoverlayfs.timeout=5 quiet"),
+    # the disk's driver blacklisted as udev and dracut honour it: never loaded, and named
+    Scenario("fail-blacklisted-driver",
+             append="modprobe.blacklist=virtio_blk rd.initoverlayfs.timeout=5 quiet"),
     Scenario("fail-no-image", append="rd.initoverlayfs.fs=/missing.img quiet"),
     Scenario("fail-corrupt-image",
              append="rd.initoverlayfs.fs=/corrupt.img rd.initoverlayfs.verity=0 quiet"),

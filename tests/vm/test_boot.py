@@ -204,6 +204,10 @@ FAILURES = {
     "fail-no-bootfs": rf"storage-init: wait-bootfs: Failed to find bootfs UUID={NO_SUCH_UUID} "
                       r"within 5 s \(block devices seen: vda .*vda2 \(ext4 "
                       rf"UUID={images.FS_UUID} LABEL={images.FS_LABEL}",
+    "fail-blacklisted-driver":
+        r"storage-init: wait-bootfs: Failed to find bootfs UUID=\S+ within 5 s \(block devices "
+        r"seen: none; drivers loaded: [^;]*virtio_pci[^;]*; module virtio_blk failed: "
+        r"modprobe.blacklist= on the kernel command line\)",
     "fail-no-image": r"storage-init: attach-loop: Failed to find the image /boot/missing.img "
                      rf"on UUID={images.FS_UUID}: No such file or directory; check fs in "
                      r"/etc/initoverlayfs.conf or rd.initoverlayfs.fs=",
