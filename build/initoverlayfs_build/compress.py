@@ -1,13 +1,25 @@
 """Compressing the mini-initramfs in a format the kernel unpacks, with flags that give the same
-bytes every time."""
+bytes every time, and choosing that format for the target kernel.
+
+Chosen by what a boot pays, the kernel's unpack, measured by instructions (QEMU -icount) on the
+11.5 MB mini-initramfs (README "Choices, measured"): lz4 -l -12 4.78 MB in 90 ms, zstd -15
+3.77 MB in 193 ms (-19: 3.40 MB in 223 ms), gzip and xz slower still. lz4 is the default for a
+kernel that unpacks it and reads its end mark (below); zstd, the smallest of the fast ones and
+self-terminating, for any other. lz4's extra megabyte is what the bootloader reads more: natively
+on this machine lz4 decodes the mini-initramfs in 4 ms and zstd in 16, so lz4 is the sooner boot
+wherever firmware reads the boot disk faster than about 80 MB/s on a server CPU, or about 17 MB/s
+on a CPU a few times slower (an edge board's), which covers eMMC, UFS, NVMe and most SD cards.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from .run import need, run
 from .ui import Ui
 
 COMMANDS: dict[str, list[str]] = {
-    "zstd": ["zstd", "-15", "-T1", "-q", "-c"],
+    "zstd": ["zstd", "-15", "-T1", "-q", "-c"],  # -15: -19's 0.37 MB less cost 30 ms more
     # the kernel reads only the legacy lz4 frame
     "lz4": ["lz4", "-l", "-12", "-q", "-c"],
     "gzip": ["gzip", "-n", "-9", "-c"],  # -n: no name or timestamp in the header
@@ -15,17 +27,49 @@ COMMANDS: dict[str, list[str]] = {
     "xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-T1", "-c"],
     "none": [],
 }
-# Chosen by measurement (scripts/measure-builder and real boots; README "Choices"): zstd -19
-# made 6.7 MB that decompressed in 62-77 ms; lz4 9.6 MB in 19-21 ms; gzip 8.4 MB in 195 ms;
-# xz 6.3 MB in 557-602 ms. lz4 unpacks fastest, but the kernel reads its legacy frame to the
-# end of the data: anything after it (a second initrd a bootloader concatenates, an appended
-# cpio) makes a real Debian kernel report "Initramfs unpacking failed: Decoding failed". zstd
-# is the smallest of the fast ones and ends where its frame ends. Its level is what the kernel's
-# unpack costs, measured by instructions (QEMU -icount) on the 11.5 MB mini-initramfs: -19
-# 3.40 MB in 223 ms, -17 3.54 MB in 211, -15 3.77 MB in 193, -12 3.79 MB in 195, -9 3.82 MB
-# in 198. -15 (dracut's level too) is the fastest: 30 ms less for 0.37 MB more for the
-# bootloader to read, a few ms at the disk speeds boots see.
-DEFAULT = "zstd"
+FALLBACK = "zstd"
+# The legacy lz4 frame has no end: the kernel decodes chunks until its input ends, so anything a
+# bootloader appends after it (GRUB's second initrd, systemd-stub's credential and sysext cpios)
+# was read as one more chunk: "Initramfs unpacking failed: Decoding failed", and that part lost.
+# Since 2c484419efc0 ("lib/decompress_unlz4.c: correctly handle zero-padding around initrds",
+# 2021) the kernel takes a zero chunk size as the end and goes on with what follows, skipping
+# zeros. So an lz4 mini-initramfs ends with a zero word, padded to 4 bytes as cpio offsets are.
+# Only for kernels that have it (before it, the zero word fails the unpack), counted from 6.1:
+# the oldest kernel whose boot with an appended cpio this project tests.
+LZ4_END_MARK_SINCE = (6, 1)
+LZ4_END_MARK = b"\0\0\0\0"
+
+
+def kernel_version(kver: str) -> tuple[int, int] | None:
+    """`6.1.0-57-cloud-amd64` -> (6, 1); None for a name that does not start like that."""
+    parts = kver.split(".", 2)
+    if len(parts) < 2:
+        return None
+    minor = ""
+    for char in parts[1]:
+        if not char.isdigit():
+            break
+        minor += char
+    if not parts[0].isdigit() or not minor:
+        return None
+    return int(parts[0]), int(minor)
+
+
+def reads_lz4_end_mark(kver: str) -> bool:
+    version = kernel_version(kver)
+    return version is not None and version >= LZ4_END_MARK_SINCE
+
+
+def default_method(kver: str, kernel_config: Path) -> str:
+    """lz4 when the target kernel unpacks it (CONFIG_RD_LZ4=y in its config file) and reads
+    its end mark; otherwise zstd, as when the config file is not there to say."""
+    try:
+        lines = kernel_config.read_text(errors="replace").splitlines()
+    except OSError:
+        return FALLBACK
+    if "CONFIG_RD_LZ4=y" in lines and reads_lz4_end_mark(kver):
+        return "lz4"
+    return FALLBACK
 
 
 def compress(ui: Ui, method: str, data: bytes) -> bytes:
@@ -34,3 +78,12 @@ def compress(ui: Ui, method: str, data: bytes) -> bytes:
         return data
     tool = need(command[0], f"to compress the mini-initramfs with {method}")
     return run(ui, [tool, *command[1:]], stdin=data)
+
+
+def finish(method: str, kver: str, initramfs: bytes) -> bytes:
+    """The whole mini-initramfs file, with lz4's end mark where the kernel reads it, so that
+    what a bootloader appends is unpacked too."""
+    if method != "lz4" or not reads_lz4_end_mark(kver):
+        return initramfs
+    marked = initramfs + LZ4_END_MARK
+    return marked + b"\0" * (-len(marked) % 4)

@@ -19,12 +19,13 @@ from .errors import BuildError
 from .run import need, run
 from .ui import Ui
 
+LZ4_LEGACY = b"\x02\x21\x4c\x18"  # the legacy frame `lz4 -l` writes, which the kernel reads
 # Leading bytes of each compressed format the kernel can unpack (lib/decompress.c).
 MAGICS = (
     (b"\x1f\x8b", "gzip"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
     (b"\xfd7zXZ\x00", "xz"),
-    (b"\x02\x21\x4c\x18", "lz4"),  # the legacy frame `lz4 -l` writes, which the kernel reads
+    (LZ4_LEGACY, "lz4"),
     (b"\x04\x22\x4d\x18", "lz4"),
     (b"BZh", "bzip2"),
     (b"\x5d\x00\x00", "lzma"),
@@ -44,8 +45,23 @@ def detect(data: bytes) -> str | None:
     return next((kind for magic, kind in MAGICS if data.startswith(magic)), None)
 
 
+def lz4_legacy_end(data: bytes, offset: int) -> int:
+    """Where the legacy lz4 stream at `offset` ends, read as the kernel reads it
+    (lib/decompress_unlz4.c): the magic, then chunks (a little-endian 32-bit size, that many
+    bytes; the magic again starts another stream) until the data ends or a zero size, the end
+    mark after which the kernel goes on with what follows (build's compress.finish)."""
+    position = offset + len(LZ4_LEGACY)
+    while len(data) - position >= 4:
+        size = int.from_bytes(data[position:position + 4], "little")
+        if size == 0:
+            return position
+        position += 4 if size == int.from_bytes(LZ4_LEGACY, "little") else 4 + size
+    return min(position, len(data))
+
+
 def split(data: bytes) -> list[Segment]:
-    """Uncompressed cpio archives in order; a compressed stream runs to the end of the file."""
+    """Uncompressed cpio archives in order; a compressed stream runs to the end of the file,
+    except a legacy lz4 stream with an end mark, after which the kernel reads on."""
     segments = []
     offset = 0
     while offset < len(data):
@@ -66,10 +82,20 @@ def split(data: bytes) -> list[Segment]:
                 end += 1
             segments.append(Segment("cpio", data[offset:end]))
             offset = end
+        elif data.startswith(LZ4_LEGACY, offset):
+            end = lz4_legacy_end(data, offset)
+            segments.append(Segment(kind, data[offset:end]))
+            offset = end
         else:
             segments.append(Segment(kind, data[offset:]))
             break
     return segments
+
+
+def unpacked_archive(ui: Ui, data: bytes) -> bytes:
+    """What the kernel unpacks from an initramfs file: every segment's cpio, decompressed."""
+    return b"".join(segment.data if segment.kind == "cpio" else
+                    decompress(ui, segment.kind, segment.data) for segment in split(data))
 
 
 def decompress(ui: Ui, kind: str, data: bytes) -> bytes:

@@ -96,10 +96,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "/etc/initoverlayfs.conf, or rd.initoverlayfs.bootfs=nbd:... and ip= at "
                         "boot): add pyroute2 to storage-init and the nbd and NIC drivers "
                         f"({', '.join(kmods.NETWORK)}); implied by an nbd: bootfs in the config")
-    p.add_argument("--compress", choices=sorted(compress.COMMANDS), default=compress.DEFAULT,
-                   help=f"mini-initramfs compression (default: {compress.DEFAULT}; lz4 "
-                        "unpacks faster, but the kernel cannot read anything concatenated "
-                        "after an lz4 initramfs)")
+    p.add_argument("--compress", choices=sorted(compress.COMMANDS),
+                   help="mini-initramfs compression (default: lz4, which the kernel unpacks "
+                        "fastest, for a kernel from 6.1 built with CONFIG_RD_LZ4; else "
+                        f"{compress.FALLBACK}, 1 MB smaller, for a boot disk the firmware "
+                        "reads slowly)")
     p.add_argument("--erofs-compression", metavar="ALGO[,LEVEL]",
                    help="mkfs.erofs -z argument, or none (default: erofs_compression from the "
                         f"config, else {erofs.PREFERRED} when mkfs.erofs and the kernel "
@@ -251,6 +252,10 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     compression = erofs.choose_compression(
         ui, mkfs, args.erofs_compression or raw.get("erofs_compression"),
         sysroot / "boot" / f"config-{kver}")
+    method = args.compress or compress.default_method(kver, sysroot / "boot" / f"config-{kver}")
+    if method == "lz4" and not compress.reads_lz4_end_mark(kver):
+        ui.warning(f"lz4 for {kver}: kernels before 6.1 read no end mark after an lz4 "
+                   "initramfs, so nothing a bootloader appends to it will be unpacked")
 
     # --- modules ---
     index = kmods.load_index(moddir)
@@ -336,11 +341,12 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
             made = dracut.mini_initramfs(
                 ui, sysroot=sysroot, kver=kver, systemd=args.systemd, frozen=inside,
                 drivers=list(selection.modules), config=config_file,
-                compress=args.compress, target=workdir / "mini.img")
+                compress=method, target=workdir / "mini.img")
             initramfs_bytes = made.read_bytes()  # dracut adds early microcode itself
         else:
-            initramfs_bytes = cpio_mini_initramfs(ui, args.compress, frozen, module_files, kver,
+            initramfs_bytes = cpio_mini_initramfs(ui, method, frozen, module_files, kver,
                                                   mini_config, unpacked)
+        initramfs_bytes = compress.finish(method, kver, initramfs_bytes)
 
         # the image first, the file the bootloader loads last (see output.install)
         output.install(boot_dir, [output.Output(names[1], image),

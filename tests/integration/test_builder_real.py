@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import cpio, initramfs, install, kmods
+from initoverlayfs_build import compress, cpio, initramfs, install, kmods
 from initoverlayfs_build.freeze import Frozen, default_frozen
 from initoverlayfs_build.ui import Ui
 
@@ -74,9 +74,8 @@ def build(sysroot: Path, kver: str, frozen: Frozen, *extra: str) -> None:
                          "--storage-init", str(frozen.folder), "-q", *extra]) == 0
 
 
-def unpack(path: Path, tool_name: str = "zstd") -> bytes:
-    return subprocess.run([tool_name, "-d", "-c"], stdin=path.open("rb"), capture_output=True,
-                          check=True).stdout
+def unpack(path: Path) -> bytes:
+    return initramfs.unpacked_archive(Ui("test", quiet=True), path.read_bytes())
 
 
 def modprobe_closure(kernel: DebianKernel, module: str) -> set[str]:
@@ -154,8 +153,8 @@ def test_signature_hash_as_kmod_reads_it_and_named_drivers_on_a_real_kernel(
 def test_generic_kernel_ships_modular_storage_and_ext4_with_its_softdeps(
         tmp_path: Path, generic: DebianKernel, frozen: Frozen, content: Path) -> None:
     sysroot = make_sysroot(tmp_path, generic, "UUID=1b2c /boot ext4 defaults 0 2\n")
-    build(sysroot, generic.kver, frozen, "--from-dir", str(content), "--compress", "lz4")
-    archive = unpack(sysroot / f"boot/initramfs-{generic.kver}.img", "lz4")
+    build(sysroot, generic.kver, frozen, "--from-dir", str(content), "--compress", "zstd")
+    archive = unpack(sysroot / f"boot/initramfs-{generic.kver}.img")
     entries = {e.name: e for e in cpio.read_all(archive)}
     shipped = {Path(n).name for n in entries if n.endswith(".ko")}
     for module in ("ext4", "virtio_blk", "virtio_scsi", "nvme", "ahci", "sd_mod", "uas",
@@ -188,7 +187,9 @@ def test_from_an_existing_initramfs_keeps_early_microcode(
     initrd = (sysroot / f"boot/initramfs-{cloud.kver}.img").read_bytes()
     assert initrd.startswith(early)
     segments = initramfs.split(initrd)
-    assert [s.kind for s in segments] == ["cpio", "zstd"]  # the default compression
+    # the default compression for this kernel (6.1, CONFIG_RD_LZ4=y), with its end mark
+    assert [s.kind for s in segments] == ["cpio", "lz4"]
+    assert initrd.endswith(compress.LZ4_END_MARK) and len(initrd) % 4 == 0
     fsck = subprocess.run([tool("fsck.erofs", "erofs-utils"), f"--extract={tmp_path / 'x'}",
                            str(sysroot / f"boot/initoverlayfs-{cloud.kver}.img")],
                           capture_output=True, text=True)

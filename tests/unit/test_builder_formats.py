@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import cpio, elf, initramfs
+from initoverlayfs_build import compress, cpio, elf, initramfs
 from initoverlayfs_build.errors import BuildError
 from initoverlayfs_build.ui import Ui
 
@@ -100,6 +100,37 @@ def test_initramfs_with_early_microcode_and_any_compression(tmp_path: Path, kind
     initramfs.extract(UI, loaded.entries, tmp_path / "tree")
     assert (tmp_path / "tree/usr/bin/tool").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "tree/dev/console").is_char_device()
+
+
+def test_an_lz4_mini_initramfs_ends_with_a_mark_after_which_appended_cpios_are_read() -> None:
+    """What a bootloader appends (GRUB's next initrd, systemd-stub's cpios) after the lz4
+    stream: the kernel from 6.1 stops at the zero word and reads on, and so does our reader."""
+    main = cpio.write(sample(), 0)
+    finished = compress.finish("lz4", "6.1.0-57-cloud-amd64", compress.compress(UI, "lz4", main))
+    assert finished.endswith(compress.LZ4_END_MARK) and len(finished) % 4 == 0
+    appended = cpio.write([cpio.Entry("etc/extra.conf", stat.S_IFREG | 0o644, b"x=1\n")], 0)
+    whole = finished + appended
+    assert [s.kind for s in initramfs.split(whole)] == ["lz4", "cpio"]
+    names = [e.name for e in cpio.read_all(initramfs.unpacked_archive(UI, whole))]
+    assert names == [e.name for e in cpio.read_all(main)] + ["etc/extra.conf"]
+    # a stream without the mark runs to the end, as the kernel reads it
+    bare = compress.compress(UI, "lz4", main)
+    assert initramfs.lz4_legacy_end(bare, 0) == len(bare)
+    assert compress.finish("lz4", "5.10.0-28-amd64", bare) == bare  # the zero word would fail
+    assert compress.finish("zstd", "6.1.0-57-cloud-amd64", b"zstd data") == b"zstd data"
+
+
+def test_the_default_compression_follows_the_target_kernel(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("CONFIG_RD_ZSTD=y\nCONFIG_RD_LZ4=y\n")
+    assert compress.default_method("6.1.0-57-cloud-amd64", config) == "lz4"
+    assert compress.default_method("6.12.9+bpo-amd64", config) == "lz4"
+    assert compress.default_method("5.10.0-28-amd64", config) == "zstd"  # no end mark yet
+    assert compress.default_method("6.1.0-57-cloud-amd64", tmp_path / "none") == "zstd"
+    config.write_text("CONFIG_RD_ZSTD=y\n# CONFIG_RD_LZ4 is not set\n")
+    assert compress.default_method("6.1.0-57-cloud-amd64", config) == "zstd"
+    assert compress.kernel_version("6.10.3-arch1") == (6, 10)
+    assert compress.kernel_version("custom") is None
 
 
 def test_initramfs_refusals_name_the_problem(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from initoverlayfs_build import cpio
+from initoverlayfs_build import compress, cpio
+from initoverlayfs_build import initramfs as initramfs_reader
 from initoverlayfs_build.freeze import default_frozen
 from initoverlayfs_build.mini import Tree
 from initoverlayfs_build.ui import Ui
@@ -249,6 +250,7 @@ def main() -> int:
         image_bytes[size] = {"classic-zstd": paths["classic-zstd"].stat().st_size,
                              "c-original-initramfs": original.initramfs.stat().st_size,
                              "mini-initramfs": images_built.initramfs.stat().st_size,
+                             "mini-initramfs-as-zstd": zstd_bytes(images_built.initramfs),
                              "erofs-image": images_built.image.stat().st_size,
                              "verity-tree": verity_tree_bytes(images_built.image),
                              "dm-modules": dm_module_bytes(images_built.initramfs)}
@@ -285,11 +287,21 @@ def verity_tree_bytes(image: Path) -> int:
     return len(data) - images.tree_start(data)
 
 
+def unpacked_archive(initramfs: Path) -> bytes:
+    return initramfs_reader.unpacked_archive(Ui("benchmark", quiet=True), initramfs.read_bytes())
+
+
 def dm_module_bytes(initramfs: Path) -> int:
     """The device-mapper modules in the mini-initramfs (unpacked)."""
-    archive = subprocess.run(["zstd", "-d", "-c"], stdin=initramfs.open("rb"),
-                             capture_output=True, check=True).stdout
-    return sum(len(e.data) for e in cpio.read_all(archive) if "/drivers/md/dm-" in e.name)
+    return sum(len(e.data) for e in cpio.read_all(unpacked_archive(initramfs))
+               if "/drivers/md/dm-" in e.name)
+
+
+def zstd_bytes(initramfs: Path) -> int:
+    """The mini-initramfs's size had it been compressed with zstd -15 (the 4 MB goal's
+    measure; lz4 is the default for its unpack time, see initoverlayfs_build.compress)."""
+    return len(subprocess.run(compress.COMMANDS["zstd"], input=unpacked_archive(initramfs),
+                              capture_output=True, check=True).stdout)
 
 
 def exec_to_init(samples: list[Sample], path: str) -> float | None:
@@ -335,6 +347,8 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     first_step = steps.get("exec of /init to storage-init's first step (loading, imports)")
     unpack = steps.get("kernel unpacks the mini-initramfs")
     mini = max(v["mini-initramfs"] for v in image_bytes.values())
+    mini_zstd = max(v.get("mini-initramfs-as-zstd", v["mini-initramfs"])
+                    for v in image_bytes.values())
     exec_init = {path: exec_to_init(samples, path) for path in ("c-original", "ours")}
 
     def shown_ms(value: float | None) -> str:
@@ -351,7 +365,8 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
          f"crossover at {crossover:.1f} MB" if crossover is not None else "no crossover"),
         ("ours at 100 MB <= 0.90x the C original", to_original.get(100), 0.90,
          f"{to_original[100]:.2f}x" if 100 in to_original else "not measured"),
-        ("mini-initramfs <= 4 MB compressed", mini / 1e6, 4.0, f"{mini / 1e6:.2f} MB"),
+        ("mini-initramfs <= 4 MB compressed with zstd", mini_zstd / 1e6, 4.0,
+         f"{mini_zstd / 1e6:.2f} MB (as built: {mini / 1e6:.2f} MB)"),
         ("mini-initramfs <= 8 MB unpacked", unpacked["ours"] / 1e6, 8.0,
          f"{unpacked['ours'] / 1e6:.2f} MB"),
         ("kernel unpack of the mini-initramfs <= 200 ms", unpack, 200.0, shown_ms(unpack)),

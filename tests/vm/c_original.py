@@ -114,6 +114,10 @@ def build(source: Path, work: Path, kernel: DebianKernel, config: Path) -> Built
     tree.file("etc/initoverlayfs.conf", config.read_bytes())
     archive = cpio.write(tree.entries.values(), 0)
     out = work / "c-original-initramfs.img"
-    out.write_bytes(compress.compress(Ui("benchmark", quiet=True), compress.DEFAULT, archive))
+    # compressed as initoverlayfs-install compresses ours for this kernel: like for like
+    method = compress.default_method(kernel.kver, kernel.root / "boot" / f"config-{kernel.kver}")
+    out.write_bytes(compress.finish(method, kernel.kver,
+                                    compress.compress(Ui("benchmark", quiet=True), method,
+                                                      archive)))
     os.chmod(out, 0o644)
     return Built(out, len(archive), commit, tuple(names))

@@ -22,7 +22,7 @@ SUITE = "bookworm"
 # debootstrap's resolver would pick initramfs-tools for the kernel, so dracut and the
 # kernel come after it, from apt in the chroot.
 BASE = ("systemd", "systemd-sysv", "udev", "e2fsprogs", "kmod")
-EXTRA = ("dracut", "linux-image-amd64", "erofs-utils", "zstd", "python3")
+EXTRA = ("dracut", "linux-image-amd64", "erofs-utils", "lz4", "zstd", "python3")
 ROOT_UUID = "3c8e9a5f-1b2d-4e6f-8a7b-9c0d1e2f3a4b"
 BOOT_UUID = "7d4b2e1a-6c5f-4a3b-9e8d-0f1a2b3c4d5e"
 SYSTEMD_IMAGE = "initoverlayfs-systemd-mode.img"  # on /boot, next to the plugin's image

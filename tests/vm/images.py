@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initoverlayfs_build import cpio, install
+from initoverlayfs_build import initramfs as initramfs_reader
+from initoverlayfs_build.ui import Ui
 
 from tests.support.debian_kernel import DebianKernel
 
@@ -113,14 +115,15 @@ def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
     if code != 0:
         raise RuntimeError(f"initoverlayfs-install failed for {kernel.kver}")
     initramfs = sysroot / "boot" / f"initramfs-{kernel.kver}.img"
-    unpacked = subprocess.run(["zstd", "-d", "-c"], stdin=initramfs.open("rb"),
-                              capture_output=True, check=True).stdout
+    unpacked = initramfs_reader.unpacked_archive(Ui("images", quiet=True),
+                                                 initramfs.read_bytes())
     return KernelImages(kernel, initramfs, sysroot / "boot" / f"initoverlayfs-{kernel.kver}.img",
                         len(unpacked))
 
 
 def with_extra_files(initramfs: Path, out: Path, files: dict[str, tuple[int, bytes]]) -> Path:
-    """The mini-initramfs with an uncompressed cpio appended: the kernel unpacks both, later
+    """The mini-initramfs with an uncompressed cpio appended, as a bootloader appends a second
+    initrd: the kernel unpacks both (after an lz4 stream, thanks to its end mark), later
     entries replacing earlier ones (how a scenario swaps the config or adds a shell)."""
     entries = []
     dirs: set[str] = set()

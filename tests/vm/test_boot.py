@@ -32,6 +32,14 @@ def booted(boots: dict[str, BootResult], name: str) -> BootResult:
     return run
 
 
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_kernel_unpacks_every_mini_initramfs_whole(
+        boots: dict[str, BootResult], name: str) -> None:
+    """lz4 by default, with the end mark after which the kernel reads what a bootloader
+    appends: fail-bad-config and fail-shell append a cpio, and it takes effect there."""
+    assert "Initramfs unpacking failed" not in boots[name].console, boots[name].describe()
+
+
 @pytest.mark.parametrize("name", SUCCESS)
 def test_boot_reaches_init_on_an_erofs_backed_overlay(
         boots: dict[str, BootResult], artifacts: Artifacts, name: str) -> None:
