@@ -1,8 +1,10 @@
-"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted four
+"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted five
 ways under QEMU, interleaved, so that drift hits every path alike.
 
 - classic-zstd: one initramfs (zstd -15 as dracut makes it) holding the payload and the final
   init;
+- classic-lz4: the same initramfs as dracut's `--compress lz4` makes it: faster to unpack,
+  larger to load (which QEMU's -initrd does not charge), the format ours uses by default;
 - c-original: the C original's storage-init, built from its source (c_original.py), in its own
   mini-initramfs, booting the same EROFS image from the same disk;
 - ours: the mini-initramfs of initoverlayfs-install for the VM's disk (`--drivers`, DRIVERS:
@@ -42,7 +44,7 @@ from .qemu import VmSpec, boot, kvm_works
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-PATHS = ("classic-zstd", "c-original", "ours", "ours-unverified")
+PATHS = ("classic-zstd", "classic-lz4", "c-original", "ours", "ours-unverified")
 EXTRA_APPEND = {"ours-unverified": " rd.initoverlayfs.verity=0"}
 MEMORY_MB = 2048
 APPEND = "quiet rdinit=/init rd.emergency=poweroff"
@@ -54,7 +56,8 @@ DRIVERS = "virtio_pci virtio_blk"
 # clock runs on the host's time (sleep=on: with sleep=off it jumps to the guest's next timer,
 # which made a wait on the disk cost up to seconds)
 ICOUNT = ("-icount", "shift=0,sleep=on")
-COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"]}
+COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"],
+            "classic-lz4": ["lz4", "-l", "-9", "-q", "-c"]}  # dracut's own lz4 command
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ def main() -> int:
         built[size] = paths
         unpacked = {"ours": images_built.unpacked_bytes, "c-original": original.unpacked_bytes}
         image_bytes[size] = {"classic-zstd": paths["classic-zstd"].stat().st_size,
+                             "classic-lz4": paths["classic-lz4"].stat().st_size,
                              "c-original-initramfs": original.initramfs.stat().st_size,
                              "mini-initramfs": images_built.initramfs.stat().st_size,
                              "mini-initramfs-as-zstd": zstd_bytes(images_built.initramfs),
@@ -279,6 +283,18 @@ def main() -> int:
     report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver, unpacked, original,
            args.icount, args.cpu)
     return 0 if all(s.init_s is not None for s in samples) else 1
+
+
+# A boot disk as firmware reads it: SD cards and eMMC below, NVMe through UEFI above.
+LOAD_MB_S = 100
+INITRAMFS_FILE = {"classic-zstd": "classic-zstd", "classic-lz4": "classic-lz4",
+                  "c-original": "c-original-initramfs", "ours": "mini-initramfs",
+                  "ours-unverified": "mini-initramfs"}
+
+
+def load_ms(sizes_of: dict[str, int], path: str) -> float:
+    """ms for a bootloader to read this path's initramfs file at LOAD_MB_S."""
+    return sizes_of[INITRAMFS_FILE[path]] / (LOAD_MB_S * 1e6) * 1000
 
 
 def verity_tree_bytes(image: Path) -> int:
@@ -328,14 +344,18 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     fits = {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
                        for size, v in summary.get(path, {}).items()]) for path in PATHS}
     slopes = {path: fits[path][0] * 100 for path in PATHS}  # ms per 100 MB
-    (m_c, b_c), (m_o, b_o) = fits["classic-zstd"], fits["ours"]
-    crossover = (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
+    def crossing(other: str) -> float | None:
+        (m_c, b_c), (m_o, b_o) = fits[other], fits["ours"]
+        return (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
+
+    crossover, crossover_lz4 = crossing("classic-zstd"), crossing("classic-lz4")
     def ratio_to(other: str) -> dict[int, float]:
         return {size: summary["ours"][size]["median_ms"] / summary[other][size]["median_ms"]
                 for size in sizes if size in summary.get("ours", {})
                 and size in summary.get(other, {})}
 
     ratios, to_original = ratio_to("classic-zstd"), ratio_to("c-original")
+    to_lz4 = ratio_to("classic-lz4")
     verity_cost = {size: summary["ours"][size]["median_ms"]
                    - summary["ours-unverified"][size]["median_ms"]
                    for size in sizes if size in summary.get("ours", {})
@@ -384,7 +404,9 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
         "memory_mb": MEMORY_MB, "append": APPEND,
         "payload_bytes": payload_bytes, "image_bytes": image_bytes,
         "summary": summary, "slope_ms_per_100mb": slopes, "crossover_mb": crossover,
+        "crossover_classic_lz4_mb": crossover_lz4,
         "ratio_ours_to_classic_zstd": ratios, "ratio_ours_to_c_original": to_original,
+        "ratio_ours_to_classic_lz4": to_lz4,
         "verity_cost_ms": verity_cost,
         "our_breakdown_ms": steps, "exec_of_init_to_init_ms": exec_init,
         "unpacked_bytes": unpacked,
@@ -398,8 +420,9 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     lines = [f"Benchmark: Debian {kver}, QEMU {accelerator}, "
              f"{MEMORY_MB} MB, time to init in ms (median, min-max of "
              f"{max(int(v['boots']) for p in summary.values() for v in p.values())} boots)", "",
-             "| payload MB | " + " | ".join(PATHS) + " | ours/classic-zstd | ours/c-original |",
-             "|---:|" + "---:|" * len(PATHS) + "---:|---:|"]
+             "| payload MB | " + " | ".join(PATHS)
+             + " | ours/classic-zstd | ours/classic-lz4 | ours/c-original |",
+             "|---:|" + "---:|" * len(PATHS) + "---:|---:|---:|"]
     for size in sizes:
         cells = []
         for path in PATHS:
@@ -407,20 +430,33 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
             cells.append(f"{v['median_ms']:.0f} ({v['min_ms']:.0f}-{v['max_ms']:.0f})"
                          if v else "failed")
         lines.append(f"| {size} | " + " | ".join(cells) + " | " + " | ".join(
-            f"{r[size]:.2f}" if size in r else "n/a" for r in (ratios, to_original)) + " |")
+            f"{r[size]:.2f}" if size in r else "n/a" for r in (ratios, to_lz4, to_original))
+            + " |")
     lines += ["", "| slope, ms per 100 MB | " + " | ".join(f"{slopes[p]:.0f}" for p in PATHS)
               + " |", "", "crossover (ours = classic zstd): "
-              + (f"{crossover:.1f} MB" if crossover is not None else "none"), "",
-              "| payload MB | classic zstd bytes | C original's initramfs bytes "
+              + (f"{crossover:.1f} MB" if crossover is not None else "none")
+              + "; with classic lz4: "
+              + (f"{crossover_lz4:.1f} MB" if crossover_lz4 is not None else "none"), "",
+              "| payload MB | classic zstd bytes | classic lz4 bytes "
+              "| C original's initramfs bytes "
               "| our mini-initramfs bytes | EROFS image bytes | of which verity tree "
               "| verity's cost at boot (ours - ours-unverified) |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for size in sizes:
         b = image_bytes[size]
         cost = f"{verity_cost[size]:+.0f} ms" if size in verity_cost else "n/a"
-        lines.append(f"| {size} | {b['classic-zstd']:,} | {b['c-original-initramfs']:,} | "
+        lines.append(f"| {size} | {b['classic-zstd']:,} | {b['classic-lz4']:,} | "
+                     f"{b['c-original-initramfs']:,} | "
                      f"{b['mini-initramfs']:,} | {b['erofs-image']:,} | {b['verity-tree']:,} "
                      f"| {cost} |")
+    lines += ["", f"With the bootloader's read of the initramfs file at {LOAD_MB_S} MB/s added "
+              "(a model: file bytes / speed; QEMU's -initrd costs the guest nothing, the EROFS "
+              "image's reads are real disk reads in every boot above), ms:", "",
+              "| payload MB | " + " | ".join(PATHS) + " |", "|---:|" + "---:|" * len(PATHS)]
+    for size in sizes:
+        lines.append(f"| {size} | " + " | ".join(
+            f"{summary[path][size]['median_ms'] + load_ms(image_bytes[size], path):.0f}"
+            if size in summary.get(path, {}) else "n/a" for path in PATHS) + " |")
     lines += ["", f"The mini-initramfs carries {image_bytes[sizes[0]]['dm-modules']:,} bytes "
               "of device-mapper modules (dm-mod, dm-bufio, dm-verity) for verity; "
               "ours-unverified boots the same one."]
