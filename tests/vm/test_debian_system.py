@@ -30,8 +30,13 @@ from .qemu import BootResult, VmSpec, boot
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("rdinit", "systemd", "dracut")
-ROUNDS = 5  # boots of each way; one boot each differed by seconds from run to run under TCG
+ROUNDS = 5  # boots of each way
 BOOT_TIMEOUT = 300  # s; a boot here takes 40-60 s under TCG
+# The guest's clock on instructions (1 ns each) while it computes, on the host's time while it
+# waits: under plain TCG one way's 5 boots spread by 5 to 28 s, as wide as the differences
+# between the ways, because TCG's speed follows the host's load; by instructions a boot
+# repeats to a few tens of ms and the comparison says which way does less work.
+CLOCK = ("-icount", "shift=0,sleep=on")
 # systemd mode boots the EROFS image of its own build: the mini-initramfs's verity root hash
 # is that image's (the plugin's rdinit build holds initoverlayfs-KVER.img)
 APPEND = {"systemd": f"rd.initoverlayfs.fs=/{debian_system.SYSTEMD_IMAGE}"}
@@ -74,7 +79,7 @@ def rounds(system: System) -> dict[str, list[BootResult]]:
                 continue
             spec = VmSpec(system.vmlinuz, system.images[mode], system.disk,
                           append=f"root=UUID={ROOT_UUID} ro {APPEND.get(mode, '')}".strip(),
-                          memory_mb=1024, timeout=BOOT_TIMEOUT)
+                          memory_mb=1024, timeout=BOOT_TIMEOUT, devices=CLOCK)
             results[mode].append(boot(spec))
     write_comparison(system, results)
     return results
@@ -119,8 +124,9 @@ def write_comparison(system: System, results: dict[str, list[BootResult]]) -> No
                     f"{len(reached)}/{len(runs)} |")
     ratios = [f"{mode}/dracut {medians[mode] / medians['dracut']:.2f}"
               for mode in ("rdinit", "systemd") if mode in medians and "dracut" in medians]
-    text = (f"Debian 12, kernel {system.kver}, QEMU TCG, {ROUNDS} interleaved boots of each "
-            "way, same disk (a snapshot per boot); systemd-analyze's phases as medians\n\n"
+    text = (f"Debian 12, kernel {system.kver}, QEMU TCG {' '.join(CLOCK)} (guest time: 1 ns "
+            f"per instruction), {ROUNDS} interleaved boots of each way, same disk (a snapshot "
+            "per boot); systemd-analyze's phases as medians\n\n"
             + "\n".join(rows) + "\n\nmedian time to multi-user.target: "
             + (", ".join(ratios) or "not comparable") + "\n")
     (debian_system.CACHE / "comparison.md").write_text(text)
