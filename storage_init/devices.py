@@ -5,6 +5,14 @@ probed through their devtmpfs nodes: filesystem UUID/LABEL from the superblock, 
 PARTLABEL from the disk's partition table. When udevd runs (--systemd mode) its
 /dev/disk/by-* links are used first. Uevents do two jobs while waiting: a MODALIAS means a
 driver to load, a block add/change means something new to probe.
+
+Drivers are loaded one at a time, only while no uevent is queued, deepest device first: every
+block device the last load made is probed before the next driver is loaded, and the chain
+already started (a virtio controller's disk, a SATA port's disk) is finished before another
+controller is. Once the bootfs is there, the drivers still queued are left to init's udev. On
+QEMU's q35 machine with its disk on virtio, a generic mini-initramfs otherwise loaded the
+SATA controller's chain (scsi_mod, libata, libahci, ahci) and waited for its six empty ports
+before the disk's own driver: 718 ms of a real Debian boot, by instructions.
 """
 
 from __future__ import annotations
@@ -82,6 +90,9 @@ class Finder:
         self.load_drivers = load_drivers  # for each add uevent's MODALIAS (not with udevd)
         self.seen: dict[str, BlockDevice] = {}
         self._tables: dict[str, dict[int, Partition]] = {}
+        # (-depth of the device in sysfs, arrival, MODALIAS) of the drivers still to load
+        self._drivers: list[tuple[int, int, str]] = []
+        self._queued: set[str] = set()
 
     # --- probing --------------------------------------------------------------------------
 
@@ -197,7 +208,8 @@ class Finder:
                 if remaining <= 0:
                     raise self._timeout(timeout)
                 try:
-                    message = self.kernel.uevent_recv(sock, remaining)
+                    # with drivers to load, only what is queued already: the next load waits
+                    message = self.kernel.uevent_recv(sock, 0.0 if self._drivers else remaining)
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
                         raise
@@ -207,11 +219,17 @@ class Finder:
                     retrigger()
                     break
                 if message is None:
+                    if self._drivers:
+                        self.loader.load_modalias(self._next_driver())
+                        continue
                     break  # one last scan, then the deadline check above ends it
                 if self._handle(parse_uevent(message)):
                     break
         took = self.kernel.monotonic() - started
         self.log.info(f"found bootfs {self.spec}: {found.describe()} after {took:.3f} s")
+        if self._drivers:
+            self.log.debug(f"drivers not loaded, for init's udev: {len(self._drivers)} "
+                           "devices' modaliases")
         return found
 
     def _handle(self, event: dict[str, str]) -> bool:
@@ -219,12 +237,21 @@ class Finder:
         action = event.get("ACTION")
         if action not in ("add", "change", "bind"):
             return False
-        if self.load_drivers and action == "add" and "MODALIAS" in event:
-            self.loader.load_modalias(event["MODALIAS"])
+        modalias = event.get("MODALIAS")
+        if self.load_drivers and action == "add" and modalias and modalias not in self._queued:
+            self._queued.add(modalias)
+            depth = event.get("DEVPATH", "").count("/")
+            self._drivers.append((-depth, len(self._queued), modalias))
         if event.get("SUBSYSTEM") == "block" and action in ("add", "change"):
             self.forget(event.get("DEVNAME", "").rsplit("/", 1)[-1])
             return True
         return False
+
+    def _next_driver(self) -> str:
+        """The deepest device's, the earliest among equals (a handful queue at a time)."""
+        chosen = min(self._drivers)
+        self._drivers.remove(chosen)
+        return chosen[2]
 
     def _timeout(self, timeout: float) -> BootError:
         seen = ", ".join(d.describe() for d in self.seen.values()) or "none"

@@ -89,6 +89,8 @@ class FakeKernel:
     # contents that appear under a mount target when this source is mounted
     filesystems: dict[str, dict[str, bytes]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # module file name -> uevents its load makes (the devices its probe creates), queued then
+    made_by_module: dict[str, list[Event]] = field(default_factory=dict)
     udev_paths: list[str] = field(default_factory=list)
     udev_error: OSError | None = None
     free_loops: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -302,6 +304,8 @@ class FakeKernel:
         self.calls.append(("finit_module", path, flags))
         self.module_params[path] = params
         self._raise_if_planned("finit_module", path)
+        for made in self.made_by_module.pop(path.rsplit("/", 1)[-1], []):
+            self.events.append(Event(self.now, made.fields, made.then))
 
     def uevent_open(self) -> FakeSocket:
         self.calls.append(("uevent_open",))

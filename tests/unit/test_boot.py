@@ -11,7 +11,16 @@ from pytest_mock import MockerFixture
 from storage_init import kernel as real
 from storage_init.emergency import COUNTDOWN
 
-from .conftest import BOOT_LABEL, BOOT_UUID, IMAGE, PARTUUID, Machine, add_disk, block_event
+from .conftest import (
+    BOOT_LABEL,
+    BOOT_UUID,
+    IMAGE,
+    MODDIR,
+    PARTUUID,
+    Machine,
+    add_disk,
+    block_event,
+)
 from .fakekernel import Event, Executed, Paused, Rebooted
 
 MOD = "/lib/modules/6.1.0-test/kernel"
@@ -167,6 +176,27 @@ def test_device_late_is_waited_for_by_events(machine: Machine) -> None:
     assert isinstance(machine.boot(), Executed)
     assert machine.k.now == pytest.approx(12.5)
     assert "after 12.500 s" in machine.kmsg()
+
+
+def test_the_started_chain_is_finished_first_and_the_rest_left_to_init(
+        machine: Machine) -> None:
+    """A SATA controller's uevent queued before the virtio disk's device exists: the disk's
+    driver (a deeper device) is loaded first, and once the bootfs is found the controller's
+    driver is not loaded at all (init's udev loads it)."""
+    k = machine.k
+    ahci = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+    k.files[f"{MODDIR}/modules.dep"] += b"kernel/drivers/ata/ahci.ko:\n"
+    k.files[f"{MODDIR}/modules.alias"] += f"alias {ahci[:20]}* ahci\n".encode()
+    k.add_file(f"{MODDIR}/kernel/drivers/ata/ahci.ko", b"\x7fELF")
+    pci, virtio, disk = k.events
+    # as the kernel orders them: the two controllers first, then what virtio_pci's probe makes
+    k.events = [pci, Event(pci.at, {"ACTION": "add", "SUBSYSTEM": "pci", "MODALIAS": ahci,
+                                    "DEVPATH": "/devices/pci0000:00/0000:00:1f.2"})]
+    k.made_by_module = {"virtio_pci.ko": [virtio], "virtio_blk.ko": [disk]}
+    assert isinstance(machine.boot(), Executed)
+    loaded = [path.rsplit("/", 1)[-1] for _, path, _ in k.recorded("finit_module")]
+    assert loaded.index("virtio_blk.ko") > loaded.index("virtio_pci.ko")
+    assert "ahci.ko" not in loaded
 
 
 def test_timeout_names_the_spec_and_what_was_seen(machine: Machine) -> None:
