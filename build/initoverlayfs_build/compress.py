@@ -7,8 +7,8 @@ Chosen by what a boot pays, the kernel's unpack, measured by instructions (QEMU 
 kernel that unpacks it and reads its end mark (below); zstd, the smallest of the fast ones and
 self-terminating, for any other. lz4's extra megabyte is what the bootloader reads more: natively
 on this machine lz4 decodes the mini-initramfs in 4 ms and zstd in 16, so lz4 is the sooner boot
-wherever firmware reads the boot disk faster than about 80 MB/s on a server CPU, or about 17 MB/s
-on a CPU a few times slower (an edge board's), which covers eMMC, UFS, NVMe and most SD cards.
+wherever firmware reads the boot disk faster than about 80 MB/s on a server CPU, or about 20 MB/s
+on a CPU four times slower (an edge board's), which covers eMMC, UFS, NVMe and most SD cards.
 """
 
 from __future__ import annotations
