@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import kconfig
 from .run import need, run
 from .ui import Ui
 
@@ -63,11 +64,7 @@ def reads_lz4_end_mark(kver: str) -> bool:
 def default_method(kver: str, kernel_config: Path) -> str:
     """lz4 when the target kernel unpacks it (CONFIG_RD_LZ4=y in its config file) and reads
     its end mark; otherwise zstd, as when the config file is not there to say."""
-    try:
-        lines = kernel_config.read_text(errors="replace").splitlines()
-    except OSError:
-        return FALLBACK
-    if "CONFIG_RD_LZ4=y" in lines and reads_lz4_end_mark(kver):
+    if kconfig.enabled(kernel_config, "CONFIG_RD_LZ4") and reads_lz4_end_mark(kver):
         return "lz4"
     return FALLBACK
 

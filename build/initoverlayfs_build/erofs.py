@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from . import kconfig
 from .errors import BuildError
 from .run import need, run
 from .ui import Ui
@@ -24,15 +25,6 @@ def available_compressors(ui: Ui, mkfs: str) -> list[str]:
     return [name.strip(" ,") for name in re.split(r"[ ,]+", match.group(1)) if name.strip(" ,")]
 
 
-def kernel_reads_compressed(kernel_config: Path) -> bool | None:
-    """CONFIG_EROFS_FS_ZIP of the target kernel, when its config file is there to read."""
-    try:
-        text = kernel_config.read_text(errors="replace")
-    except OSError:
-        return None
-    return "CONFIG_EROFS_FS_ZIP=y" in text
-
-
 def choose_compression(ui: Ui, mkfs: str, requested: str | None,
                        kernel_config: Path) -> str | None:
     """`requested` as given (mkfs.erofs's -z argument, "none" for no compression), else
@@ -40,7 +32,7 @@ def choose_compression(ui: Ui, mkfs: str, requested: str | None,
     if requested is not None:
         requested = requested.removeprefix("-z")
         return None if requested in ("", "none") else requested
-    if kernel_reads_compressed(kernel_config) is False:
+    if kconfig.enabled(kernel_config, "CONFIG_EROFS_FS_ZIP") is False:
         ui.warning(f"{kernel_config} has no CONFIG_EROFS_FS_ZIP=y: the image is left "
                    "uncompressed so this kernel can read it")
         return None

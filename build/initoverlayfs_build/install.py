@@ -249,10 +249,10 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         raise BuildError(f"dracut reads every file from the sysroot {sysroot}, and the frozen "
                          f"storage-init {frozen} is outside it",
                          "put it inside the sysroot, or pass --mini-with cpio")
+    kernel_config = sysroot / "boot" / f"config-{kver}"
     compression = erofs.choose_compression(
-        ui, mkfs, args.erofs_compression or raw.get("erofs_compression"),
-        sysroot / "boot" / f"config-{kver}")
-    method = args.compress or compress.default_method(kver, sysroot / "boot" / f"config-{kver}")
+        ui, mkfs, args.erofs_compression or raw.get("erofs_compression"), kernel_config)
+    method = args.compress or compress.default_method(kver, kernel_config)
     if method == "lz4" and not compress.reads_lz4_end_mark(kver):
         ui.warning(f"lz4 for {kver}: kernels before 6.1 read no end mark after an lz4 "
                    "initramfs, so nothing a bootloader appends to it will be unpacked")

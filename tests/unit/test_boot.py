@@ -178,25 +178,51 @@ def test_device_late_is_waited_for_by_events(machine: Machine) -> None:
     assert "after 12.500 s" in machine.kmsg()
 
 
+def with_a_sata_controller(machine: Machine) -> Event:
+    """An AHCI driver in the mini-initramfs, and its controller's add uevent."""
+    k = machine.k
+    ahci = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+    k.files[f"{MODDIR}/modules.dep"] += b"kernel/drivers/ata/ahci.ko:\n"
+    k.files[f"{MODDIR}/modules.alias"] += f"alias {ahci[:20]}* ahci\n".encode()
+    k.add_file(f"{MODDIR}/kernel/drivers/ata/ahci.ko", b"\x7fELF")
+    return Event(0.010, {"ACTION": "add", "SUBSYSTEM": "pci", "MODALIAS": ahci,
+                         "DEVPATH": "/devices/pci0000:00/0000:00:1f.2"})
+
+
 def test_the_started_chain_is_finished_first_and_the_rest_left_to_init(
         machine: Machine) -> None:
     """A SATA controller's uevent queued before the virtio disk's device exists: the disk's
     driver (a deeper device) is loaded first, and once the bootfs is found the controller's
     driver is not loaded at all (init's udev loads it)."""
     k = machine.k
-    ahci = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
-    k.files[f"{MODDIR}/modules.dep"] += b"kernel/drivers/ata/ahci.ko:\n"
-    k.files[f"{MODDIR}/modules.alias"] += f"alias {ahci[:20]}* ahci\n".encode()
-    k.add_file(f"{MODDIR}/kernel/drivers/ata/ahci.ko", b"\x7fELF")
+    sata = with_a_sata_controller(machine)
     pci, virtio, disk = k.events
-    # as the kernel orders them: the two controllers first, then what virtio_pci's probe makes
-    k.events = [pci, Event(pci.at, {"ACTION": "add", "SUBSYSTEM": "pci", "MODALIAS": ahci,
-                                    "DEVPATH": "/devices/pci0000:00/0000:00:1f.2"})]
+    k.events = [pci, sata]  # the controllers first, then what virtio_pci's probe makes
     k.made_by_module = {"virtio_pci.ko": [virtio], "virtio_blk.ko": [disk]}
     assert isinstance(machine.boot(), Executed)
     loaded = [path.rsplit("/", 1)[-1] for _, path, _ in k.recorded("finit_module")]
     assert loaded.index("virtio_blk.ko") > loaded.index("virtio_pci.ko")
     assert "ahci.ko" not in loaded
+
+
+def test_a_queued_driver_is_still_loaded_when_the_bootfs_is_not_on_the_first_disk(
+        machine: Machine) -> None:
+    """The same machine with the bootfs on the SATA disk: the virtio chain still goes first
+    (the deeper device), its disk is probed, and then the controller queued before it."""
+    k = machine.k
+    sata = with_a_sata_controller(machine)
+    pci, virtio, _ = k.events
+    k.events = [pci, sata]
+    empty = block_event("vda", 0, lambda k: add_disk(k, "vda", machine.disks["gpt"], {}))
+    sata_disk = block_event("sda", 0, lambda k: add_disk(k, "sda", machine.disks["gpt"],
+                                                          {1: machine.disks["ext4"]}))
+    k.made_by_module = {"virtio_pci.ko": [virtio], "virtio_blk.ko": [empty],
+                        "ahci.ko": [sata_disk]}
+    k.filesystems["/dev/sda1"] = k.filesystems.pop("/dev/vda1")
+    assert isinstance(machine.boot(), Executed)
+    loaded = [path.rsplit("/", 1)[-1] for _, path, _ in k.recorded("finit_module")]
+    assert loaded.index("virtio_pci.ko") < loaded.index("virtio_blk.ko") < loaded.index("ahci.ko")
+    assert ("mount", "/dev/sda1", "/boot", "ext4", "MS_RDONLY", None) in k.recorded("mount")
 
 
 def test_timeout_names_the_spec_and_what_was_seen(machine: Machine) -> None:

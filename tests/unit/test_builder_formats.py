@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import compress, cpio, elf, initramfs
+from initoverlayfs_build import compress, cpio, elf, erofs, initramfs
 from initoverlayfs_build.errors import BuildError
 from initoverlayfs_build.ui import Ui
 
@@ -131,6 +131,14 @@ def test_the_default_compression_follows_the_target_kernel(tmp_path: Path) -> No
     assert compress.default_method("6.1.0-57-cloud-amd64", config) == "zstd"
     assert compress.kernel_version("6.10.3-arch1") == (6, 10)
     assert compress.kernel_version("custom") is None
+
+
+def test_an_image_for_a_kernel_without_compressed_erofs_is_left_uncompressed(
+        tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("CONFIG_EROFS_FS=y\n# CONFIG_EROFS_FS_ZIP is not set\n")
+    assert erofs.choose_compression(UI, "mkfs.erofs", None, config) is None
+    assert erofs.choose_compression(UI, "mkfs.erofs", "lz4", config) == "lz4"  # as asked
 
 
 def test_initramfs_refusals_name_the_problem(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.support.debian_kernel import fetch
 from tests.vm import benchmark, images
-from tests.vm.qemu import VmSpec, boot
+from tests.vm.qemu import ICOUNT, VmSpec, boot
 
 
 def parts(sample: benchmark.Sample) -> dict[str, float]:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 initramfs, disk_path = built[i]
                 run = boot(VmSpec(kernel.vmlinuz, initramfs, disk_path, "virtio-blk",
                                   benchmark.APPEND, memory_mb=benchmark.MEMORY_MB, timeout=600,
-                                  cpu=args.cpu, devices=benchmark.ICOUNT if args.icount else ()))
+                                  cpu=args.cpu, devices=ICOUNT if args.icount else ()))
                 init_s, timings, dmesg = benchmark.parse(run.console)
                 if init_s is None:
                     print(run.describe()[-3000:], file=sys.stderr)

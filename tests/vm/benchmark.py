@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from initoverlayfs_build import compress, cpio
-from initoverlayfs_build import initramfs as initramfs_reader
 from initoverlayfs_build.freeze import default_frozen
 from initoverlayfs_build.mini import Tree
 from initoverlayfs_build.ui import Ui
@@ -40,7 +39,7 @@ from initoverlayfs_build.ui import Ui
 from tests.support.debian_kernel import DebianKernel, fetch
 
 from . import c_original, images
-from .qemu import VmSpec, boot, kvm_works
+from .qemu import ICOUNT, VmSpec, boot, kvm_works
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -51,11 +50,6 @@ APPEND = "quiet rdinit=/init rd.emergency=poweroff"
 # The VM's disk controller and disk (virtio-blk on PCI): built for the hardware it boots on, as
 # the C original's wrapper is (c_original.py), not with the common drivers of every bus
 DRIVERS = "virtio_pci virtio_blk"
-# --icount: while the guest computes, its clock runs on instructions executed (1 ns each), not
-# on the host's time, so CPU work repeats to the millisecond; while it waits (the disk), the
-# clock runs on the host's time (sleep=on: with sleep=off it jumps to the guest's next timer,
-# which made a wait on the disk cost up to seconds)
-ICOUNT = ("-icount", "shift=0,sleep=on")
 COMPRESS = {"classic-zstd": ["zstd", "-15", "-T0", "-q", "-c"],
             "classic-lz4": ["lz4", "-l", "-9", "-q", "-c"]}  # dracut's own lz4 command
 
@@ -303,20 +297,16 @@ def verity_tree_bytes(image: Path) -> int:
     return len(data) - images.tree_start(data)
 
 
-def unpacked_archive(initramfs: Path) -> bytes:
-    return initramfs_reader.unpacked_archive(Ui("benchmark", quiet=True), initramfs.read_bytes())
-
-
 def dm_module_bytes(initramfs: Path) -> int:
     """The device-mapper modules in the mini-initramfs (unpacked)."""
-    return sum(len(e.data) for e in cpio.read_all(unpacked_archive(initramfs))
+    return sum(len(e.data) for e in cpio.read_all(images.unpacked_archive(initramfs))
                if "/drivers/md/dm-" in e.name)
 
 
 def zstd_bytes(initramfs: Path) -> int:
     """The mini-initramfs's size had it been compressed with zstd -15 (the 4 MB goal's
     measure; lz4 is the default for its unpack time, see initoverlayfs_build.compress)."""
-    return len(subprocess.run(compress.COMMANDS["zstd"], input=unpacked_archive(initramfs),
+    return len(subprocess.run(compress.COMMANDS["zstd"], input=images.unpacked_archive(initramfs),
                               capture_output=True, check=True).stdout)
 
 

@@ -115,10 +115,14 @@ def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
     if code != 0:
         raise RuntimeError(f"initoverlayfs-install failed for {kernel.kver}")
     initramfs = sysroot / "boot" / f"initramfs-{kernel.kver}.img"
-    unpacked = initramfs_reader.unpacked_archive(Ui("images", quiet=True),
-                                                 initramfs.read_bytes())
+    unpacked = unpacked_archive(initramfs)
     return KernelImages(kernel, initramfs, sysroot / "boot" / f"initoverlayfs-{kernel.kver}.img",
                         len(unpacked))
+
+
+def unpacked_archive(initramfs: Path) -> bytes:
+    """The cpio the kernel unpacks from a mini-initramfs file (read as the builder reads one)."""
+    return initramfs_reader.unpacked_archive(Ui("images", quiet=True), initramfs.read_bytes())
 
 
 def with_extra_files(initramfs: Path, out: Path, files: dict[str, tuple[int, bytes]]) -> Path:

@@ -24,6 +24,11 @@ INTERFACES = {
     "ahci": ["-device", "ide-hd,bus=ide.0,drive=disk0"],
 }
 # What the bootfs partition is called inside the guest on each, for the /dev path scenarios.
+# -icount: while the guest computes, its clock runs on instructions executed (1 ns each), not
+# on the host's time, so CPU work repeats to the millisecond; while it waits (the disk), the
+# clock runs on the host's time (sleep=on: with sleep=off it jumps to the guest's next timer,
+# which made a wait on the disk cost up to seconds). For VmSpec.devices.
+ICOUNT = ("-icount", "shift=0,sleep=on")
 DEVICE_NAMES = {"virtio-blk": "vda", "virtio-scsi": "sda", "nvme": "nvme0n1", "ahci": "sda"}
 
 

@@ -25,18 +25,18 @@ from storage_init.steps import SYSTEMD, steps_for
 
 from . import debian_system
 from .debian_system import BOOT_UUID, ROOT_UUID, System, chroot, parse_report
-from .qemu import BootResult, VmSpec, boot
+from .qemu import ICOUNT, BootResult, VmSpec, boot
 
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("rdinit", "systemd", "dracut")
 ROUNDS = 5  # boots of each way
 BOOT_TIMEOUT = 300  # s; a boot here takes 40-60 s under TCG
-# The guest's clock on instructions (1 ns each) while it computes, on the host's time while it
-# waits: under plain TCG one way's 5 boots spread by 5 to 28 s, as wide as the differences
-# between the ways, because TCG's speed follows the host's load; by instructions a boot
-# repeats to a few tens of ms and the comparison says which way does less work.
-CLOCK = ("-icount", "shift=0,sleep=on")
+# The guest's clock on instructions (qemu.ICOUNT): under plain TCG one way's 5 boots spread by
+# 5 to 28 s, as wide as the differences between the ways, because TCG's speed follows the
+# host's load; by instructions a boot repeats to a few tens of ms and the comparison says
+# which way does less work.
+CLOCK = ICOUNT
 # systemd mode boots the EROFS image of its own build: the mini-initramfs's verity root hash
 # is that image's (the plugin's rdinit build holds initoverlayfs-KVER.img)
 APPEND = {"systemd": f"rd.initoverlayfs.fs=/{debian_system.SYSTEMD_IMAGE}"}
