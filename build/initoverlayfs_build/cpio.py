@@ -70,26 +70,40 @@ def write(entries: Iterable[Entry], mtime: int) -> bytes:
     return bytes(out)
 
 
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def _fields(data: bytes, offset: int) -> list[int]:
+    """The 13 header fields, each exactly 8 hex digits: int() alone would also take a sign,
+    spaces or underscores, which no cpio writer makes and the kernel does not read."""
+    header = data[offset + 6:offset + HEADER_SIZE]
+    if len(header) != HEADER_SIZE - 6:
+        raise CpioError(f"truncated cpio header at offset {offset}")
+    if header.strip(_HEX):
+        raise CpioError(f"corrupt cpio header at offset {offset}: a field is not 8 hex digits")
+    return [int(header[8 * i:8 * i + 8], 16) for i in range(13)]
+
+
 def read(data: bytes, offset: int = 0) -> tuple[list[Entry], int]:
     """The entries of one archive starting at `offset`, and the offset just after its trailer.
 
-    Hard links (same inode, nlink > 1, data only on the last one) come back as separate
-    entries, each with the data, because that is what the kernel's unpacker makes of them."""
+    Hard links (same inode, device and mode, nlink > 1) come back as separate entries, each
+    with the data, because that is what the kernel's unpacker makes of them: one inode that
+    every link's body is written into (in practice only the last link carries it)."""
     entries: list[Entry] = []
-    links: dict[tuple[int, int, int], list[int]] = {}
+    links: dict[tuple[int, int, int, int], list[int]] = {}
     while True:
         magic = data[offset:offset + 6]
         if magic not in (MAGIC, MAGIC_CRC):
             raise CpioError(f"no cpio header at offset {offset} (found {magic!r})")
-        try:
-            fields = [int(data[offset + 6 + 8 * i: offset + 14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            raise CpioError(f"corrupt cpio header at offset {offset}") from None
+        fields = _fields(data, offset)
         ino, mode, uid, gid, nlink, mtime, size, dmaj, dmin, rmaj, rmin, namesize, _ = fields
         name_start = offset + HEADER_SIZE
         raw_name = data[name_start:name_start + namesize]
-        if len(raw_name) != namesize or not raw_name.endswith(b"\0"):
+        if namesize == 0 or len(raw_name) != namesize or not raw_name.endswith(b"\0"):
             raise CpioError(f"truncated cpio name at offset {offset}")
+        if b"\0" in raw_name[:-1]:
+            raise CpioError(f"cpio name with a NUL byte at offset {offset}: {raw_name!r}")
         name = raw_name[:-1].decode("utf-8", errors="surrogateescape")
         data_start = name_start + namesize + (-(HEADER_SIZE + namesize) % 4)
         body = data[data_start:data_start + size]
@@ -97,20 +111,28 @@ def read(data: bytes, offset: int = 0) -> tuple[list[Entry], int]:
             raise CpioError(f"truncated cpio data for {name!r}")
         offset = data_start + size + (-size % 4)
         if name == TRAILER:
+            _share_link_data(entries, links.values())
             return entries, offset
         name = name.lstrip("/")
         while name.startswith("./"):
             name = name[2:]
         if name in ("", "."):
             continue
-        entry = Entry(name, mode, body, (rmaj, rmin), mtime, uid, gid, ino, nlink)
-        entries.append(entry)
-        if nlink > 1 and stat.S_IFMT(mode) == stat.S_IFREG:
-            group = links.setdefault((dmaj, dmin, ino), [])
-            group.append(len(entries) - 1)
-            if size:  # the last link carries the data for all of them
-                for index in group:
-                    entries[index] = _with_data(entries[index], body)
+        if stat.S_ISLNK(mode) and (not body or b"\0" in body):
+            raise CpioError(f"symlink {name!r} has an empty target or one with a NUL byte")
+        entries.append(Entry(name, mode, body, (rmaj, rmin), mtime, uid, gid, ino, nlink))
+        if nlink > 1 and stat.S_ISREG(mode):
+            links.setdefault((ino, dmaj, dmin, mode), []).append(len(entries) - 1)
+
+
+def _share_link_data(entries: list[Entry], links: Iterable[list[int]]) -> None:
+    """Every link of an inode gets the body its links carried (the last non-empty one):
+    once per group at the archive's end, so 8,000 links cost 8,000 steps, not 8,000^2."""
+    for group in links:
+        body = next((entries[i].data for i in reversed(group) if entries[i].data), b"")
+        for index in group:
+            if entries[index].data is not body:
+                entries[index] = _with_data(entries[index], body)
 
 
 def _with_data(entry: Entry, body: bytes) -> Entry:

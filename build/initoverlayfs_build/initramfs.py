@@ -5,18 +5,18 @@ lz4, bzip2, or none; then unpacking its entries into a directory for mkfs.erofs.
 from __future__ import annotations
 
 import bz2
-import errno
-import gzip
 import lzma
 import os
 import stat
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import cpio
 from .errors import BuildError
-from .run import need, run
+from .run import need, run_bounded
 from .ui import Ui
 
 LZ4_LEGACY = b"\x02\x21\x4c\x18"  # the legacy frame `lz4 -l` writes, which the kernel reads
@@ -98,35 +98,60 @@ def unpacked_archive(ui: Ui, data: bytes) -> bytes:
                     decompress(ui, segment.kind, segment.data) for segment in split(data))
 
 
-def decompress(ui: Ui, kind: str, data: bytes) -> bytes:
+# An initramfs unpacks to tens of MB, a large one with firmware to a few hundred: past this
+# the input is a decompression bomb (or not an initramfs), and it is refused before it fills
+# the build host's memory.
+MAX_UNPACKED = 2 << 30
+_CHUNK = 1 << 20
+
+
+def decompress(ui: Ui, kind: str, data: bytes, limit: int = MAX_UNPACKED) -> bytes:
     try:
         if kind == "gzip":
-            return gzip.decompress(data)
+            return _bounded(lambda: zlib.decompressobj(31), data, limit, kind)
         if kind == "xz":
-            return _lzma_all(data, lzma.FORMAT_XZ)
+            return _bounded(lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), data, limit, kind)
         if kind == "lzma":
-            return _lzma_all(data, lzma.FORMAT_ALONE)
+            return _bounded(lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE), data, limit, kind)
         if kind == "bzip2":
-            return bz2.decompress(data)
+            return _bounded(bz2.BZ2Decompressor, data, limit, kind)
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise BuildError(f"corrupt {kind} data in the initramfs: {exc}") from None
     if kind in ("zstd", "lz4"):
         tool = need(kind, f"to read a {kind}-compressed initramfs")
-        return run(ui, [tool, "-d", "-c", "-q"], stdin=data)
+        out = run_bounded(ui, [tool, "-d", "-c", "-q"], data, limit)
+        if out is None:
+            raise _too_large(kind, limit)
+        return out
     raise BuildError(f"{kind}-compressed initramfs images are not supported",
                      "recompress it with zstd, xz, gzip, lz4 or bzip2")
 
 
-def _lzma_all(data: bytes, fmt: int) -> bytes:
-    """All concatenated streams, ignoring the zero padding the kernel also ignores."""
-    out = []
+def _bounded(make: Callable[[], Any], data: bytes, limit: int, kind: str) -> bytes:
+    """Every concatenated stream (gzip members, xz streams), ignoring the zero padding the
+    kernel also ignores, never holding more than `limit` bytes of output."""
+    out = bytearray()
     while data.strip(b"\0"):
-        engine = lzma.LZMADecompressor(fmt)
-        out.append(engine.decompress(data))
-        if not engine.eof:
-            raise EOFError("truncated stream")
+        engine = make()
+        is_zlib = not hasattr(engine, "needs_input")  # zlib keeps unread input in its tail
+        pending = data
+        while not engine.eof:
+            chunk = engine.decompress(pending, min(limit + 1 - len(out), _CHUNK))
+            pending = engine.unconsumed_tail if is_zlib else b""
+            out += chunk
+            if len(out) > limit:
+                raise _too_large(kind, limit)
+            if not chunk and not pending and (is_zlib or engine.needs_input):
+                raise EOFError("truncated stream")
         data = engine.unused_data
-    return b"".join(out)
+    return bytes(out)
+
+
+def _too_large(kind: str, limit: int) -> BuildError:
+    return BuildError(f"the {kind} data of the initramfs unpacks to more than "
+                      f"{limit / (1 << 20):g} MiB: refused as a decompression bomb",
+                      "pass a real initramfs, or unpack it yourself and pass the tree "
+                      "with --from-dir")
 
 
 @dataclass(frozen=True)
@@ -145,7 +170,10 @@ def load(ui: Ui, path: Path) -> Unpacked:
         raise BuildError(f"the source initramfs {path} is empty")
     early = b""
     entries: list[cpio.Entry] = []
-    segments = split(data)
+    try:
+        segments = split(data)
+    except BuildError as exc:
+        raise BuildError(f"{path}: {exc.message}", exc.hint) from None
     for index, segment in enumerate(segments):
         raw = segment.data if segment.kind == "cpio" else decompress(ui, segment.kind,
                                                                      segment.data)
@@ -157,56 +185,158 @@ def load(ui: Ui, path: Path) -> Unpacked:
         # The kernel only looks for microcode in the first, uncompressed segments; keep them
         # as they are so the mini-initramfs still updates microcode early.
         if segment.kind == "cpio" and not entries and all(
-                e.name == "kernel" or e.name.startswith("kernel/") or e.name == "early_cpio"
-                for e in found):
+                _early_name(e.name) for e in found):
             early += segment.data
             continue
         entries.extend(found)
     return Unpacked(early, entries)
 
 
+def _early_name(name: str) -> bool:
+    """A path an early-microcode segment may hold; it is copied as it is into the
+    mini-initramfs, so nothing else (no `..`) gets through that way."""
+    parts = name.split("/")
+    return (parts[0] in ("kernel", "early_cpio") and ".." not in parts
+            and (parts[0] == "kernel" or len(parts) == 1))
+
+
 def extract(ui: Ui, entries: list[cpio.Entry], dest: Path) -> int:
-    """Write entries under `dest` as the kernel would (later entries replace earlier ones).
-    Returns the number of device nodes skipped because we are not root."""
+    """Write entries under `dest` as the kernel unpacks them into its rootfs (later entries
+    replace earlier ones of another type; parents are created). Returns the number of device
+    nodes skipped because we are not root.
+
+    The archive is input from anywhere, and the builder runs as root: every path is resolved
+    inside `dest` as if `dest` were `/` (a symlink the archive made is followed within the
+    tree, an absolute one from `dest`, `..` stops at `dest`), and the entry's own name is never
+    followed, so nothing outside `dest` is ever created, written or chmod'ed."""
     skipped = 0
-    for entry in entries:
-        target = dest / entry.name
-        if ".." in Path(entry.name).parts:
-            raise BuildError(f"unsafe path {entry.name!r} in the source initramfs")
-        _ensure_parent(dest, target)
-        kind = entry.kind
-        if kind != stat.S_IFDIR and (target.is_symlink() or target.exists()):
-            if target.is_dir() and not target.is_symlink():
-                continue
-            target.unlink()
-        if kind == stat.S_IFDIR:
-            target.mkdir(exist_ok=True)
-            os.chmod(target, stat.S_IMODE(entry.mode))
-        elif kind == stat.S_IFREG:
-            target.write_bytes(entry.data)
-            os.chmod(target, stat.S_IMODE(entry.mode))
-        elif kind == stat.S_IFLNK:
-            os.symlink(entry.data.decode(errors="surrogateescape"), target)
-        elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+    dest.mkdir(parents=True, exist_ok=True)
+    with _Tree(dest) as tree:
+        for entry in entries:
+            if ".." in entry.name.split("/"):
+                raise BuildError(f"unsafe path {entry.name!r} in the source initramfs")
             try:
-                os.mknod(target, entry.mode, os.makedev(*entry.rdev))
-            except PermissionError:
-                skipped += 1
+                skipped += tree.put(entry)
             except OSError as exc:
-                if exc.errno != errno.EPERM:
-                    raise
-                skipped += 1
+                raise BuildError(f"cannot unpack {entry.name!r} of the source initramfs into "
+                                 f"{dest}: {exc.strerror or exc}") from None
     if skipped:
         ui.warning(f"{skipped} device node(s) of the source initramfs were left out: creating "
                    "them needs root (devtmpfs provides /dev at boot anyway)")
     return skipped
 
 
-def _ensure_parent(root: Path, target: Path) -> None:
-    """Parents must be real directories inside `root`, never symlinks leading out of it."""
-    parent = target.parent
-    resolved = parent.resolve()
-    if resolved != root.resolve() and root.resolve() not in resolved.parents:
-        raise BuildError(f"the source initramfs writes through a symlink out of the tree: "
-                         f"{target.relative_to(root)}")
-    parent.mkdir(parents=True, exist_ok=True)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40  # as the kernel's path walk: more is a loop
+_NODES = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK)
+
+
+class _Tree:
+    """A directory that entries are written into through file descriptors, never by path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root_fd = -1
+
+    def __enter__(self) -> _Tree:
+        self.root_fd = os.open(self.root, _DIR_FLAGS)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.root_fd)
+
+    def put(self, entry: cpio.Entry) -> int:
+        parts = [p for p in entry.name.split("/") if p not in ("", ".")]
+        if not parts:
+            return 0  # the root itself: it is `dest`
+        *parents, name = parts
+        parent = self._directory(parents, entry.name)
+        try:
+            return self._create(parent, name, entry)
+        finally:
+            os.close(parent)
+
+    def _directory(self, parts: list[str], entry: str) -> int:
+        """An fd on the directory `parts` names inside the tree, made where missing."""
+        stack = [os.dup(self.root_fd)]
+        pending, links = list(parts), 0
+        try:
+            while pending:
+                part = pending.pop(0)
+                if part in ("", "."):
+                    continue
+                if part == "..":
+                    if len(stack) > 1:
+                        os.close(stack.pop())
+                    continue
+                here = stack[-1]
+                found = _lstat(part, here)
+                if found is None:
+                    os.mkdir(part, 0o755, dir_fd=here)
+                elif stat.S_ISLNK(found.st_mode):
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise BuildError(f"{entry!r} of the source initramfs goes through "
+                                         "a loop of symlinks")
+                    target = os.readlink(part, dir_fd=here)
+                    if target.startswith("/"):
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                    pending[:0] = target.split("/")
+                    continue
+                elif not stat.S_ISDIR(found.st_mode):
+                    raise BuildError(f"{entry!r} of the source initramfs needs {part!r} to be a "
+                                     "directory, and an earlier entry made it a file")
+                stack.append(os.open(part, _DIR_FLAGS, dir_fd=here))
+            result = stack.pop()
+        finally:
+            for fd in stack:
+                os.close(fd)
+        return result
+
+    def _create(self, parent: int, name: str, entry: cpio.Entry) -> int:
+        kind, mode = entry.kind, stat.S_IMODE(entry.mode)
+        found = _lstat(name, parent)
+        if found is not None and (stat.S_IFMT(found.st_mode) != kind or kind != stat.S_IFDIR):
+            if stat.S_ISDIR(found.st_mode):
+                try:
+                    os.rmdir(name, dir_fd=parent)
+                except OSError:
+                    raise BuildError(f"{entry.name!r} of the source initramfs is a "
+                                     f"{_KINDS.get(kind, 'special file')} where an earlier "
+                                     "entry made a directory with content") from None
+            else:
+                os.unlink(name, dir_fd=parent)
+            found = None
+        if kind == stat.S_IFDIR:
+            if found is None:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        elif kind == stat.S_IFREG:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(entry.data)
+                os.fchmod(f.fileno(), mode)
+        elif kind == stat.S_IFLNK:
+            os.symlink(entry.data.decode(errors="surrogateescape"), name, dir_fd=parent)
+        elif kind in _NODES:
+            try:
+                os.mknod(name, entry.mode, os.makedev(*entry.rdev), dir_fd=parent)
+            except PermissionError:
+                return 1
+        return 0
+
+
+_KINDS = {stat.S_IFDIR: "directory", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None

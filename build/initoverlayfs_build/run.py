@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO
 
@@ -64,3 +65,32 @@ def run(ui: Ui, argv: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
         raise BuildError(f"{shlex.join(argv)} failed with exit status {result.returncode}"
                          + ("".join(f"\n  | {line}" for line in tail) if tail else ""))
     return result.stdout if stdout is None else b""
+
+
+def run_bounded(ui: Ui, argv: Sequence[str], data: bytes, limit: int) -> bytes | None:
+    """Run a filter on `data`; its stdout, or None (the tool killed) once it passes `limit`
+    bytes: a decompressor fed hostile input must not fill the memory before it is stopped."""
+    ui.command(argv, None)
+    with tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as errors:
+        source.write(data)
+        source.seek(0)
+        try:
+            proc = subprocess.Popen(list(argv), stdin=source, stdout=subprocess.PIPE,
+                                    stderr=errors)
+        except FileNotFoundError:
+            raise BuildError(f"{argv[0]} is not installed", f"install "
+                             f"{PACKAGES.get(os.path.basename(argv[0]), argv[0])}") from None
+        assert proc.stdout is not None
+        out = bytearray()
+        with proc:
+            while chunk := proc.stdout.read(1 << 20):
+                out += chunk
+                if len(out) > limit:
+                    proc.kill()
+                    return None
+        if proc.returncode != 0:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip().splitlines()[-8:]
+            raise BuildError(f"{shlex.join(argv)} failed with exit status {proc.returncode}"
+                             + "".join(f"\n  | {line}" for line in tail))
+    return bytes(out)
