@@ -65,24 +65,32 @@ def parse_fstype(value: str) -> str:
 
 
 def parse_image_path(value: str) -> str:
-    """The image path inside the bootfs; always absolute so it can be joined under /boot."""
+    """The image path inside the bootfs; always absolute so it can be joined under /boot,
+    and never out of it (no `..`)."""
     if "\0" in value or not value.strip("/"):
         raise ValueError(f"not a file path: {value!r}")
+    if ".." in value.split("/"):
+        raise ValueError(f"the image path must stay inside the bootfs, without '..': {value!r}")
     return "/" + value.lstrip("/")
+
+
+def config_lines(text: str) -> list[tuple[int, str, str]]:
+    """(line number, key, value) of each setting: the one reading of the format, shared by
+    storage-init and the builder. The key ends at the first space or tab."""
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        end = next((i for i, c in enumerate(line) if c in " \t"), len(line))
+        lines.append((number, line[:end], line[end:].strip()))
+    return lines
 
 
 def parse_config(text: str) -> Config:
     values: dict[str, object] = {}
     warnings: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.partition(" ")
-        if "\t" in key:
-            key, _, rest = key.partition("\t")
-            value = rest + " " + value
-        value = value.strip()
+    for number, key, value in config_lines(text):
         where = f"line {number} ({key})"
         if key in INSTALLER_KEYS:
             continue
@@ -100,9 +108,17 @@ def parse_config(text: str) -> Config:
     return Config(**values, warnings=tuple(warnings))  # type: ignore[arg-type]
 
 
+# A verity size or offset past this is no image on any disk (2^52 bytes, 4 PiB); bounding
+# them keeps every later product (the table's sector count, pread offsets) a plain int.
+MAX_BYTES = 1 << 52
+
+
 def _count(value: str) -> int:
-    if not value.isdigit() or int(value) == 0:
+    """A positive decimal count in ASCII digits (str.isdigit() alone takes any script's)."""
+    if not (value.isascii() and value.isdigit()) or int(value) == 0:
         raise ValueError(f"not a positive number: {value!r}")
+    if len(value) > 16 or int(value) > MAX_BYTES:
+        raise ValueError(f"{value} is larger than any image ({MAX_BYTES} bytes)")
     return int(value)
 
 

@@ -66,6 +66,8 @@ def udev_encode(name: str) -> str:
 
 def parse_spec(text: str) -> DeviceSpec:
     text = text.strip()
+    if "\0" in text:
+        raise SpecError(f"{text!r} has a NUL byte: no device is named so")
     if text.startswith("nbd:"):
         try:
             target = parse_nbd(text)

@@ -45,13 +45,14 @@ class NbdTarget:
 
 def parse_ipv4(text: str, what: str) -> str:
     parts = text.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) < 256
+                                  for p in parts):
         raise ValueError(f"{what} {text!r} is not an IPv4 address (a.b.c.d)")
     return ".".join(str(int(p)) for p in parts)
 
 
 def _prefix(netmask: str) -> int:
-    if netmask.isdigit():
+    if netmask.isascii() and netmask.isdigit():
         if int(netmask) > 32:
             raise ValueError(f"netmask /{netmask} is longer than 32 bits")
         return int(netmask)
@@ -89,7 +90,7 @@ def parse_ip(value: str) -> IpConfig:
         raise ValueError(f"ip={value}: give the netmask (the 4th field), e.g. 255.255.255.0")
     mtu = None
     if rest and rest[0]:
-        if not rest[0].isdigit() or not 68 <= int(rest[0]) <= 65535:
+        if not (rest[0].isascii() and rest[0].isdigit()) or not 68 <= int(rest[0]) <= 65535:
             raise ValueError(f"ip={value}: MTU {rest[0]!r} is not a number from 68 to 65535")
         mtu = int(rest[0])
     if len(rest) > 1 and any(rest[1:]):
@@ -115,7 +116,7 @@ def parse_nbd(text: str) -> NbdTarget:
         raise ValueError(f"{text!r} names no export: use {form}")
     if "\0" in export or len(export.encode()) > 4096:
         raise ValueError(f"{text!r}: the export name is not usable")
-    if colon and (not port.isdigit() or not 0 < int(port) < 65536):
+    if colon and (not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536):
         raise ValueError(f"{text!r}: port {port!r} is not a number from 1 to 65535")
     try:
         address = parse_ipv4(host, "server")

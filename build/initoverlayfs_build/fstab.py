@@ -38,8 +38,9 @@ def parse_fstab(text: str) -> list[FstabEntry]:
 @dataclass(frozen=True)
 class BootFs:
     spec: str
-    fstype: str | None
+    fstype: str | None  # the one type, for `bootfstype`; None when fstab gives none or several
     image_dir: str  # where /boot's files sit inside that filesystem: "" or "/boot"
+    fstypes: tuple[str, ...] = ()  # every type fstab lists (mount tries each), for modules
 
 
 def boot_filesystem(entries: list[FstabEntry]) -> BootFs:
@@ -59,8 +60,9 @@ def boot_filesystem(entries: list[FstabEntry]) -> BootFs:
         raise BuildError(f"the fstab entry for {entry.target} has a device spec storage-init "
                          f"cannot find at boot: {exc}",
                          "use UUID=, LABEL=, PARTUUID=, PARTLABEL= or a /dev path") from None
-    fstype = None if entry.fstype in _NOT_A_FS else entry.fstype
-    return BootFs(entry.spec, fstype, image_dir)
+    # `ext4,ext3`: mount(8) tries each; storage-init reads the superblock instead
+    types = tuple(t for t in entry.fstype.split(",") if t and t not in _NOT_A_FS)
+    return BootFs(entry.spec, types[0] if len(types) == 1 else None, image_dir, types)
 
 
 def config_text(boot: BootFs, erofs_compression: str | None) -> str:

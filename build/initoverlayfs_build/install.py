@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage_init.config import ConfigError, parse_config
+from storage_init.config import ConfigError, config_lines, parse_config
 from storage_init.modules import SIGNATURE_HASHES, ModuleIndex
 from storage_init.verity import HASH_MODULE
 
@@ -31,7 +31,9 @@ from . import (
     kmods,
     mini,
     output,
+    pair,
     verity,
+    workdirs,
 )
 from .errors import BuildError
 from .run import need
@@ -127,13 +129,42 @@ class Result:
 VERITY_MODULE = "dm-verity"  # with dm-mod and dm-bufio, through modules.dep
 
 
-def with_verity(config_text: str, tree: verity.Verity | None) -> str:
-    """The mini-initramfs config: the user's lines without any verity_* key (that belongs to
-    the build, not to the sysroot's file), then this build's."""
+BUILD_KEYS = ("fs", "verity_")  # keys each build writes into its mini-initramfs's copy
+
+
+def build_config(config_text: str, image: str, tree: verity.Verity | None) -> str:
+    """The mini-initramfs config: the user's lines without the keys that belong to one build
+    (they never go into the sysroot's file), then this build's: the image's own name in the
+    directory the user's `fs` names (the bootfs's root by default), and the verity keys."""
+    directory = image_directory(config_text)
     kept = [line for line in config_text.splitlines()
-            if not line.strip().startswith("verity_")]
+            if not (_key(line) == "fs" or _key(line).startswith("verity_"))]
     text = "\n".join(kept).rstrip("\n") + "\n"
+    text += f"fs {directory}/{image}\n"
     return text + tree.config_lines() if tree else text
+
+
+def image_directory(config_text: str) -> str:
+    """Where the image sits inside the bootfs: the directory of the user's `fs` ("" for the
+    bootfs's root, "/boot" when /boot is a directory of the root filesystem)."""
+    fs = parse_config(config_text).fs or "/"
+    return fs.rsplit("/", 1)[0]
+
+
+def _key(line: str) -> str:
+    found = config_lines(line)
+    return found[0][1] if found else ""
+
+
+def checked_config(text: str, what: str) -> str:
+    """`text` as storage-init will read it: a config it refuses would stop the boot."""
+    try:
+        parse_config(text)
+    except ConfigError as exc:
+        raise BuildError(f"{what} would be refused by storage-init: {exc}",
+                         "this is a bug of initoverlayfs-install; report it with the "
+                         "config") from None
+    return text
 
 
 def verity_salt(image_uuid: str) -> bytes:
@@ -159,9 +190,12 @@ def read_config(ui: Ui, sysroot: Path) -> tuple[str | None, dict[str, str]]:
     checking storage-init would accept it: a config it rejects would fail the boot."""
     path = sysroot / "etc/initoverlayfs.conf"
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except FileNotFoundError:
         return None, {}
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"{path} is not UTF-8 text (byte {exc.start})",
+                         "fix or rewrite the file") from None
     except OSError as exc:
         raise BuildError(f"cannot read {path}: {exc.strerror}") from None
     if not text.strip():
@@ -173,12 +207,7 @@ def read_config(ui: Ui, sysroot: Path) -> tuple[str | None, dict[str, str]]:
                                            "the line") from None
     for warning in parsed.warnings:
         ui.warning(f"{path}: {warning}")
-    raw = {}
-    for line in text.splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key and not key.startswith("#"):
-            raw[key] = value.strip()
-    return text, raw
+    return text, {key: value for _, key, value in config_lines(text)}
 
 
 def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
@@ -209,15 +238,16 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if not sysroot.is_dir():
         raise BuildError(f"the sysroot {sysroot} is not a directory")
     kver = pick_kver(sysroot, args.kver)
-    boot_dir = sysroot / "boot"
-    names = (f"initramfs-{kver}.img", f"initoverlayfs-{kver}.img")
+    boot_dir = within(sysroot, "boot")
+    etc_dir = within(sysroot, "etc")
 
     # --- every refusal first: nothing is written before these pass ---
     moddir = kmods.modules_dir(sysroot, kver)
     mkfs = need("mkfs.erofs", "to make the initoverlayfs image")
     if not boot_dir.is_dir():
         raise BuildError(f"{boot_dir} does not exist", "create it, or mount /boot")
-    existing = [n for n in names if (boot_dir / n).exists()]
+    existing = [n for n in (pair.mini_name(kver), *pair.images_of(boot_dir, kver))
+                if (boot_dir / n).exists()]
     if existing and not args.force:
         raise BuildError(f"{', '.join(str(boot_dir / n) for n in existing)} already exist(s); "
                          "nothing was changed", "pass -f to replace them")
@@ -230,13 +260,14 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     unpacked = initramfs.load(ui, args.from_initramfs) if args.from_initramfs else None
     user_config, raw = read_config(ui, sysroot)
     if user_config is None:
-        entries = fstab.parse_fstab(_read(sysroot / "etc/fstab", "the /boot entry"))
+        entries = fstab.parse_fstab(_read(etc_dir / "fstab", "the /boot entry"))
         bootfs = fstab.boot_filesystem(entries)
-        config_text = fstab.config_text(bootfs, args.erofs_compression)
-        fstype = bootfs.fstype
+        config_text = checked_config(fstab.config_text(bootfs, args.erofs_compression),
+                                     "the config made from /etc/fstab")
+        listed = bootfs.fstypes
     else:
         config_text = user_config
-        fstype = raw.get("bootfstype")
+        listed = (raw["bootfstype"],) if raw.get("bootfstype") else ()
     network = args.network or raw.get("bootfs", "").startswith("nbd:")
     if network and not args.network:
         ui.info(f"the bootfs {raw['bootfs']} is on the network: building as with --network")
@@ -249,7 +280,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         raise BuildError(f"dracut reads every file from the sysroot {sysroot}, and the frozen "
                          f"storage-init {frozen} is outside it",
                          "put it inside the sysroot, or pass --mini-with cpio")
-    kernel_config = sysroot / "boot" / f"config-{kver}"
+    kernel_config = boot_dir / f"config-{kver}"
     compression = erofs.choose_compression(
         ui, mkfs, args.erofs_compression or raw.get("erofs_compression"), kernel_config)
     method = args.compress or compress.default_method(kver, kernel_config)
@@ -273,8 +304,8 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     extra = args.add_drivers.split()
     if network:
         drivers = [*drivers, *kmods.network_drivers()]
-    fstypes = [fstype] if fstype else list(kmods.GENERIC_FS)
-    if not fstype:
+    fstypes = list(listed) or list(kmods.GENERIC_FS)
+    if not listed:
         # (a bootfs on the network, or a config without it: its fstab entry is not read)
         ui.info(f"no bootfstype in the config: the mini-initramfs gets the modules of "
                 f"{', '.join(fstypes)} (xfs and btrfs are 8 MB unpacked); name the bootfs's "
@@ -308,7 +339,8 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     module_files = ({} if with_dracut
                     else kmods.module_files(ui, moddir, index, selection.modules))
 
-    with tempfile.TemporaryDirectory(prefix="initoverlayfs-") as work:
+    workdirs.remove_stale(ui)
+    with tempfile.TemporaryDirectory(prefix=workdirs.prefix()) as work:
         workdir = Path(work)
         # --- the initoverlayfs image ---
         tree = args.from_dir
@@ -331,7 +363,10 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                                           bytes.fromhex(uuid.replace("-", "")))
             ui.info(f"verity root hash {tree_info.root_hash} "
                     f"(+{tree_info.added_bytes} bytes of hash tree)")
-        mini_config = with_verity(config_text, tree_info)
+        name = pair.image_name(kver, pair.image_id(
+            image, tree_info.root_hash if tree_info else None))
+        mini_config = checked_config(build_config(config_text, name, tree_info),
+                                     "the mini-initramfs's config")
 
         # --- the mini-initramfs ---
         if with_dracut:
@@ -348,14 +383,11 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                                                   mini_config, unpacked)
         initramfs_bytes = compress.finish(method, kver, initramfs_bytes)
 
-        # the image first, the file the bootloader loads last (see output.install)
-        output.install(boot_dir, [output.Output(names[1], image),
-                                  output.Output(names[0], initramfs_bytes)])
+        pair.replace(ui, boot_dir, kver, image, name, initramfs_bytes)
         if user_config is None:
-            output.write_file_atomically(sysroot / "etc/initoverlayfs.conf",
-                                         config_text.encode())
-            ui.info(f"wrote {sysroot / 'etc/initoverlayfs.conf'} from /etc/fstab")
-        return Result(boot_dir / names[0], boot_dir / names[1], len(initramfs_bytes),
+            output.write_file_atomically(etc_dir / "initoverlayfs.conf", config_text.encode())
+            ui.info(f"wrote {etc_dir / 'initoverlayfs.conf'} from /etc/fstab")
+        return Result(boot_dir / pair.mini_name(kver), boot_dir / name, len(initramfs_bytes),
                       image.stat().st_size, selection.modules, time.monotonic() - started)
 
 
@@ -387,9 +419,25 @@ def source_date_epoch() -> int:
         raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds") from None
 
 
+def within(sysroot: Path, name: str) -> Path:
+    """A directory of the sysroot, which must stay inside it: an absolute symlink such as
+    /boot -> /mnt/boot in an image build's tree would write the host's /boot."""
+    path = sysroot / name
+    resolved = path.resolve()
+    if not resolved.is_relative_to(sysroot):
+        raise BuildError(f"{path} leads out of the sysroot, to {resolved}",
+                         f"make {path} a directory or a relative link inside {sysroot}, or "
+                         "pass the sysroot that holds it")
+    return resolved
+
+
 def _read(path: Path, why: str) -> str:
     try:
-        return path.read_text()
+        return path.read_bytes().decode()
+    except UnicodeDecodeError as exc:
+        raise BuildError(f"{path} is not UTF-8 text (byte {exc.start}), needed for {why}",
+                         "fix the file, or write /etc/initoverlayfs.conf yourself (see "
+                         "README)") from None
     except OSError as exc:
         raise BuildError(f"cannot read {path} for {why}: {exc.strerror}",
                          "write /etc/initoverlayfs.conf yourself (see README)") from None

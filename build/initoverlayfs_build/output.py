@@ -1,20 +1,30 @@
-"""Putting files into /boot without ever leaving it unbootable: check the room first, write
-each file to a temporary name in the same directory, fsync it, and only when every new file is
-complete rename them into place and fsync the directory. Any failure before the renames leaves
-the previous files untouched and removes the temporaries."""
+"""Putting files into /boot without ever leaving it unbootable.
+
+Under an exclusive lock on the directory: temporaries that a killed run left are removed
+first, the room is checked, each new file is written to a temporary name in the same
+directory and fsync'ed, then the files are renamed into place in the order given, the
+directory fsync'ed after each rename (a later file may name an earlier one: that name must
+be on disk before it), and last the files the new ones make obsolete are removed.
+
+Any failure before the first rename leaves the previous files untouched. A failure between
+renames removes the files it had added under new names; callers order their outputs so that
+only the last one replaces a file under an existing name (see pair.py)."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError
 
 MARGIN = 1 << 20  # keep a little room free for the filesystem's own metadata
+TEMP_MARK = ".tmp"  # a temporary is ".NAME.tmpPID"
 
 
 @dataclass(frozen=True)
@@ -44,37 +54,129 @@ def check_room(directory: Path, outputs: Sequence[Output]) -> None:
                          "remove old kernels' images from /boot, or make it larger")
 
 
-def install(directory: Path, outputs: Sequence[Output]) -> None:
-    """All of `outputs` replace their namesakes in `directory`, or none does."""
+def temp_name(name: str) -> str:
+    return f".{name}{TEMP_MARK}{os.getpid()}"
+
+
+def is_temp_of(entry: str, prefixes: Sequence[str]) -> bool:
+    """A temporary this module makes for a file whose name starts with one of `prefixes`."""
+    base, mark, pid = entry.rpartition(TEMP_MARK)
+    return (entry.startswith(".") and bool(mark) and pid.isdigit() and pid.isascii()
+            and base[1:].startswith(tuple(prefixes)))
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """One writer at a time in `directory` (flock on the directory itself: nothing is left
+    behind by a killed run, the kernel drops the lock with the process)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BuildError(f"cannot open {directory}: {exc.strerror}",
+                         "create it (or mount /boot)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: Path, prefixes: Sequence[str]) -> list[str]:
+    """Temporaries of killed runs; only called under the lock, so none is in use."""
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        if is_temp_of(entry, prefixes):
+            try:
+                os.unlink(directory / entry)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BuildError(f"cannot remove {directory / entry}, left by an earlier run "
+                                 f"that was killed: {exc.strerror}") from None
+            removed.append(entry)
+    return removed
+
+
+@dataclass(frozen=True)
+class Installed:
+    cleaned: list[str]  # temporaries of killed runs, removed first
+    left: list[str]  # obsolete files that could not be removed (the new ones are in place)
+
+
+def _nothing() -> list[str]:
+    return []
+
+
+def install(directory: Path, outputs: Sequence[Output],
+            obsolete: Callable[[], Iterable[str]] = _nothing,
+            temp_prefixes: Sequence[str] = ()) -> Installed:
+    """`outputs` replace their namesakes in `directory` in the given order, then the names
+    `obsolete()` gives, asked under the lock, are removed. Stale temporaries are those whose
+    names start with one of `temp_prefixes` or an output's name."""
     if not directory.is_dir():
         raise BuildError(f"{directory} does not exist", "create it (or mount /boot)")
-    check_room(directory, outputs)
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for out in outputs:
-            final = directory / out.name
-            temp = directory / f".{out.name}.tmp{os.getpid()}"
-            temps.append((temp, final))
-            _write(temp, out)
-        # Renamed in the order given: callers put the image the bootloader loads last, so a
-        # crash between two renames pairs the old mini-initramfs with a new image of the same
-        # kernel, which still boots.
-        for temp, final in temps:
-            os.replace(temp, final)
+    prefixes = [*temp_prefixes, *(o.name for o in outputs)]
+    with locked(directory):
+        try:
+            cleaned = remove_stale_temporaries(directory, prefixes)
+        except PermissionError:
+            cleaned = []  # a read-only directory: the write below says so
+        check_room(directory, outputs)
+        _replace(directory, outputs)
+        left = [f"{directory / name} ({problem})" for name in obsolete()
+                if name not in {o.name for o in outputs}
+                and (problem := _remove(directory / name))]
         _fsync_dir(directory)
+    return Installed(cleaned, left)
+
+
+def _replace(directory: Path, outputs: Sequence[Output]) -> None:
+    temps = [(directory / temp_name(out.name), directory / out.name) for out in outputs]
+    added: list[Path] = []  # renamed under a name that did not exist before
+    replaced: list[Path] = []
+    try:
+        for (temp, _), out in zip(temps, outputs, strict=True):
+            _write(temp, out)
+        for temp, final in temps:
+            existed = final.exists()
+            os.replace(temp, final)
+            (replaced if existed else added).append(final)
+            _fsync_dir(directory)  # durable before the next file may name it
     except OSError as exc:
         for temp, _ in temps:
             temp.unlink(missing_ok=True)
+        for path in added:
+            path.unlink(missing_ok=True)
+        state = ("nothing was changed" if not replaced else
+                 f"{', '.join(str(p) for p in replaced)} already replaced")
         if exc.errno == errno.ENOSPC:
-            raise BuildError(f"{directory} ran out of room while writing; nothing was changed",
+            raise BuildError(f"{directory} ran out of room while writing; {state}",
                              "remove old kernels' images from /boot, or make it larger"
                              ) from None
-        raise BuildError(f"cannot write into {directory}: {exc.strerror or exc}; "
-                         "the previous files are untouched") from None
+        if exc.errno == errno.EROFS:
+            raise BuildError(f"cannot write into {directory}: it is mounted read-only; "
+                             f"{state}", f"remount it read-write (mount -o remount,rw "
+                             f"{directory}) and run again") from None
+        raise BuildError(f"cannot write into {directory}: {exc.strerror or exc}; {state}"
+                         ) from None
     except BaseException:
         for temp, _ in temps:
             temp.unlink(missing_ok=True)
+        for path in added:
+            path.unlink(missing_ok=True)
         raise
+
+
+def _remove(path: Path) -> str | None:
+    """None when gone; else why not. Not a failure of the build: the new files are in
+    place and name each other."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -82,7 +184,8 @@ def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _write(temp: Path, out: Output) -> None:
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, out.mode)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 out.mode)
     with os.fdopen(fd, "wb") as f:
         if isinstance(out.source, bytes):
             f.write(out.source)
@@ -90,8 +193,8 @@ def _write(temp: Path, out: Output) -> None:
             with out.source.open("rb") as src:
                 shutil.copyfileobj(src, f, 1 << 20)
         f.flush()
+        os.fchmod(f.fileno(), out.mode)
         os.fsync(f.fileno())
-    os.chmod(temp, out.mode)
 
 
 def _fsync_dir(directory: Path) -> None:

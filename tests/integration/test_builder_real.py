@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import compress, cpio, initramfs, install, kmods
+from initoverlayfs_build import compress, cpio, initramfs, install, kmods, pair
 from initoverlayfs_build.freeze import Frozen, default_frozen
 from initoverlayfs_build.ui import Ui
 
@@ -94,7 +94,8 @@ def test_cloud_kernel_images(tmp_path: Path, cloud: DebianKernel, frozen: Frozen
     sysroot = make_sysroot(tmp_path / "a", cloud, "LABEL=boot /boot ext4 defaults 0 2\n")
     build(sysroot, cloud.kver, frozen, "--from-dir", str(content))
     initrd = sysroot / f"boot/initramfs-{cloud.kver}.img"
-    image = sysroot / f"boot/initoverlayfs-{cloud.kver}.img"
+    (name,) = pair.images_of(sysroot / "boot", cloud.kver)
+    image = sysroot / "boot" / name
 
     archive = unpack(initrd)
     entries = {e.name: e for e in cpio.read_all(archive)}
@@ -191,7 +192,8 @@ def test_from_an_existing_initramfs_keeps_early_microcode(
     assert [s.kind for s in segments] == ["cpio", "lz4"]
     assert initrd.endswith(compress.LZ4_END_MARK) and len(initrd) % 4 == 0
     fsck = subprocess.run([tool("fsck.erofs", "erofs-utils"), f"--extract={tmp_path / 'x'}",
-                           str(sysroot / f"boot/initoverlayfs-{cloud.kver}.img")],
+                           str(sysroot / "boot" / pair.images_of(sysroot / "boot",
+                                                                 cloud.kver)[0])],
                           capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stderr
     assert (tmp_path / "x/sbin/init").read_text().startswith("#!/bin/sh")

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import cpio, install, output
+from initoverlayfs_build import cpio, install, output, pair
 from initoverlayfs_build.errors import BuildError
 from initoverlayfs_build.run import need
 
@@ -52,10 +52,25 @@ def snapshot(directory: Path) -> dict[str, str]:
             for p in sorted(directory.iterdir())}
 
 
+def the_image(sysroot: Path) -> Path:
+    """The one image of KVER in the sysroot's /boot (its name is the build's own)."""
+    found = pair.images_of(sysroot / "boot", KVER)
+    assert len(found) == 1, found
+    return sysroot / "boot" / found[0]
+
+
+def mini_config(sysroot: Path) -> str:
+    archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
+    if archive.startswith(b"\x28\xb5\x2f\xfd"):
+        archive = subprocess.run(["zstd", "-d", "-c"], input=archive, capture_output=True,
+                                 check=True).stdout
+    return {e.name: e for e in cpio.read_all(archive)}["etc/initoverlayfs.conf"].data.decode()
+
+
 def test_install_builds_both_images_and_the_config(sysroot: Path) -> None:
     assert install.main(args(sysroot, "--compress", "zstd")) == 0
     initrd = sysroot / f"boot/initramfs-{KVER}.img"
-    image = sysroot / f"boot/initoverlayfs-{KVER}.img"
+    image = the_image(sysroot)
     assert stat.S_IMODE(initrd.stat().st_mode) == 0o600
     assert not [p for p in (sysroot / "boot").iterdir() if p.name.startswith(".")]
     config = (sysroot / "etc/initoverlayfs.conf").read_text()
@@ -66,10 +81,14 @@ def test_install_builds_both_images_and_the_config(sysroot: Path) -> None:
     entries = {e.name: e for e in cpio.read_all(archive)}
     assert entries["init"].data == b"usr/lib/initoverlayfs/storage-init"
     assert entries["dev/console"].rdev == (5, 1)
-    # the sysroot's config, then this build's verity keys, which match the image's tree
-    mini_config = entries["etc/initoverlayfs.conf"].data.decode()
-    assert mini_config.startswith(config)
-    settings = parse_config(mini_config)
+    # the sysroot's config, then this build's image name and verity keys, which match the
+    # image's tree; the image's name is the root hash's start
+    shipped = entries["etc/initoverlayfs.conf"].data.decode()
+    assert shipped.startswith(config)
+    settings = parse_config(shipped)
+    assert settings.fs == f"/{image.name}"
+    assert settings.verity_roothash and image.name == pair.image_name(
+        KVER, settings.verity_roothash[:pair.ID_LENGTH])
     assert_veritysetup_verifies(image, settings)
     assert "verity_" not in config
     for point in ("proc", "sys", "dev", "run", "boot", "initoverlayfs"):
@@ -100,8 +119,10 @@ def assert_veritysetup_verifies(image: Path, config: Config) -> None:
 
 def test_no_verity_leaves_the_image_as_mkfs_made_it(sysroot: Path) -> None:
     assert install.main(args(sysroot, "--compress", "none", "--no-verity")) == 0
-    image = (sysroot / f"boot/initoverlayfs-{KVER}.img").read_bytes()
+    image = the_image(sysroot).read_bytes()
     assert b"verity\0\0" not in image[-1024 * 1024:]
+    assert the_image(sysroot).name == pair.image_name(
+        KVER, hashlib.sha256(image).hexdigest()[:pair.ID_LENGTH])
     archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
     entries = {e.name: e for e in cpio.read_all(archive)}
     assert "verity_" not in entries["etc/initoverlayfs.conf"].data.decode()
@@ -219,7 +240,7 @@ def test_the_pair_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     (tmp_path / "a.img").write_bytes(b"old a")
     (tmp_path / "b.img").write_bytes(b"old b")
     (tmp_path / "unreadable").mkdir()  # stat() works, reading fails half-way through the pair
-    with pytest.raises(BuildError, match="previous files are untouched"):
+    with pytest.raises(BuildError, match="nothing was changed"):
         output.install(tmp_path, [output.Output("a.img", b"new a"),
                                   output.Output("b.img", tmp_path / "unreadable")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.img", "b.img", "unreadable"]

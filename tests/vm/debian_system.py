@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from initoverlayfs_build import pair
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "debian-system"
 MIRROR = "http://deb.debian.org/debian"
@@ -149,10 +151,11 @@ def prepare(work: Path, package: Path) -> System:
                         f"--from-initramfs /boot/initrd.img-{kver}")
     images["systemd"] = Path(shutil.copy(root / "boot" / f"initramfs-{kver}.img",
                                          keep / "initramfs-systemd.img"))
-    # Its EROFS image stays on /boot under another name: the plugin's build below replaces
-    # initoverlayfs-KVER.img, and this mini-initramfs's verity root hash is for its own image
+    # Its EROFS image stays on /boot under another name: the plugin's build below removes
+    # the kernel's previous image, and this mini-initramfs's verity root hash is for its own
     # (dm-verity refuses any other). The systemd-mode boots name it with rd.initoverlayfs.fs=.
-    shutil.copy(root / "boot" / f"initoverlayfs-{kver}.img", root / "boot" / SYSTEMD_IMAGE)
+    (built,) = pair.images_of(root / "boot", kver)
+    shutil.copy(root / "boot" / built, root / "boot" / SYSTEMD_IMAGE)
     # rdinit mode through the kernel-install plugin, as on every kernel update
     plugin = chroot(root, f"kernel-install add {kver} /boot/vmlinuz-{kver}")
     images["rdinit"] = Path(shutil.copy(root / "boot" / f"initramfs-{kver}.img",

@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from initoverlayfs_build import cpio, install
+from initoverlayfs_build import cpio, install, pair
 from initoverlayfs_build import initramfs as initramfs_reader
 from initoverlayfs_build.ui import Ui
 
@@ -116,8 +116,8 @@ def build_kernel_images(work: Path, kernel: DebianKernel, content: Path,
         raise RuntimeError(f"initoverlayfs-install failed for {kernel.kver}")
     initramfs = sysroot / "boot" / f"initramfs-{kernel.kver}.img"
     unpacked = unpacked_archive(initramfs)
-    return KernelImages(kernel, initramfs, sysroot / "boot" / f"initoverlayfs-{kernel.kver}.img",
-                        len(unpacked))
+    (image,) = pair.images_of(sysroot / "boot", kernel.kver)  # the build's own name
+    return KernelImages(kernel, initramfs, sysroot / "boot" / image, len(unpacked))
 
 
 def unpacked_archive(initramfs: Path) -> bytes:
