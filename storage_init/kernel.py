@@ -479,15 +479,25 @@ class Kernel:
             return sock
         return self._os_call(f"connect({where})", where, connect)  # type: ignore[return-value]
 
-    def sock_send(self, sock: _socket.socket, data: bytes) -> None:
-        self._os_call(f"send ({len(data)} bytes)", None, lambda: sock.sendall(data))
+    def sock_send(self, sock: _socket.socket, data: bytes, deadline: float) -> None:
+        """All of `data` by `deadline` (monotonic), or ETIMEDOUT."""
+        def send() -> None:
+            _until(sock, deadline)
+            try:
+                sock.sendall(data)
+            except _socket.timeout:
+                raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
+        self._os_call(f"send ({len(data)} bytes)", None, send)
 
-    def sock_recv(self, sock: _socket.socket, length: int) -> bytes:
-        """Exactly `length` bytes; EOFError when the peer closes first."""
+    def sock_recv(self, sock: _socket.socket, length: int, deadline: float) -> bytes:
+        """Exactly `length` bytes by `deadline` (monotonic), or ETIMEDOUT; EOFError when the
+        peer closes first. The deadline is the whole exchange's: a peer that sends a byte
+        at a time, or answers forever, cannot stretch it."""
         def recv() -> bytes:
             chunks, missing = [], length
             while missing:
                 try:
+                    _until(sock, deadline)
                     chunk = sock.recv(missing)
                 except _socket.timeout:
                     raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)) from None
@@ -566,6 +576,14 @@ class Kernel:
     def pause(self) -> None:
         """Block this process for good (PID 1 must never return)."""
         time.sleep(3600)
+
+
+def _until(sock: _socket.socket, deadline: float) -> None:
+    """The socket's timeout for its next call: what is left until `deadline`."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+    sock.settimeout(left)
 
 
 def errno_name(err: int | None) -> str:

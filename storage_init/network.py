@@ -167,8 +167,8 @@ def connect_nbd(kernel: Kernel, log: Log, loader: Loader, target: NbdTarget,
         sock = kernel.tcp_connect(target.host, target.port, deadline - kernel.monotonic())
     try:
         try:
-            export = nbdproto.negotiate(lambda n: kernel.sock_recv(sock, n),
-                                        lambda data: kernel.sock_send(sock, data),
+            export = nbdproto.negotiate(lambda n: kernel.sock_recv(sock, n, deadline),
+                                        lambda data: kernel.sock_send(sock, data, deadline),
                                         target.export)
         except EOFError as exc:
             raise BootError(f"negotiate {target} with the server", reach,

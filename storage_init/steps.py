@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from . import TYPE_CHECKING, dm, loop, switchroot, udev, verity
 from .boot import Boot, VerifiedDevice
@@ -209,12 +210,23 @@ def attach_loop(boot: Boot) -> None:
     s = boot.need_settings()
     image = s.image_path
     hint = "fs in /etc/initoverlayfs.conf or rd.initoverlayfs.fs=, and rerun initoverlayfs-install"
-    if not boot.kernel.exists(image):
+    try:
+        mode = boot.kernel.stat(image).st_mode
+    except OSError as exc:
         raise BootError(f"find the image {image} on {s.bootfs}", hint,
-                        OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+                        OSError(exc.errno, exc.strerror)) from None
+    if not stat.S_ISREG(mode):
+        # opening a FIFO would block this boot for ever; a directory is no image either
+        raise BootError(f"use {image} on {s.bootfs} as the image: it is "
+                        f"{_KINDS.get(stat.S_IFMT(mode), 'not a file')}, not a regular file",
+                        hint)
     with failing(f"attach {image} to a loop device", "that the kernel has loop devices"):
         boot.loop_device, boot.loop_fd = loop.attach(boot.kernel, boot.log, image)
     boot.log.info(f"{image} is on {boot.loop_device}")
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
 def setup_verity(boot: Boot) -> None:

@@ -4,10 +4,15 @@ link in a private network namespace, and its NBD handshake against a real qemu-n
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,14 +78,53 @@ def nbd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
         server.close()
 
 
-def negotiate(port: int, export: str) -> nbdproto.Export:
+def negotiate(port: int, export: str, seconds: float = 5) -> nbdproto.Export:
     kernel = Kernel()
-    sock = kernel.tcp_connect("127.0.0.1", port, 5)
+    deadline = time.monotonic() + seconds
+    sock = kernel.tcp_connect("127.0.0.1", port, seconds)
     try:
-        return nbdproto.negotiate(lambda n: kernel.sock_recv(sock, n),
-                                  lambda data: kernel.sock_send(sock, data), export)
+        return nbdproto.negotiate(lambda n: kernel.sock_recv(sock, n, deadline),
+                                  lambda data: kernel.sock_send(sock, data, deadline), export)
     finally:
         sock.close()
+
+
+def test_a_server_that_answers_slowly_and_endlessly_is_cut_at_the_deadline() -> None:
+    """The audit: the timeout applied to each receive, so a server that kept sending an
+    option reply every 0.2 s held the boot past rd.initoverlayfs.timeout= for ever."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(nbdproto.NBDMAGIC + struct.pack(">QH", nbdproto.IHAVEOPT,
+                                                         nbdproto.FLAG_FIXED_NEWSTYLE))
+            conn.recv(4096)
+            info = struct.pack(">QIII", nbdproto.REPLY_MAGIC, nbdproto.OPT_GO,
+                               nbdproto.REP_INFO, 2) + b"\0\3"  # a block-size info, again
+            until = time.monotonic() + 10  # bounded: then it hangs up (EOFError, not a pass)
+            while not stop.is_set() and time.monotonic() < until:
+                try:
+                    conn.sendall(info[:10])
+                    stop.wait(0.1)
+                    conn.sendall(info[10:])
+                    stop.wait(0.1)
+                except OSError:
+                    return
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(OSError) as caught:
+            negotiate(listener.getsockname()[1], "bootfs", seconds=1.5)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.close()
+        server.join(10)
+    assert caught.value.errno == errno.ETIMEDOUT
+    assert 1.5 <= took < 5, took
 
 
 def test_the_handshake_gets_the_exports_size_and_flags(nbd_server: tuple[int, int]) -> None:

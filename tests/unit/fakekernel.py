@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -83,6 +84,7 @@ class FakeSocket:
 @dataclass
 class FakeKernel:
     files: dict[str, bytes] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)  # S_IFMT of a file when not S_IFREG
     dirs: set[str] = field(default_factory=lambda: {"/"})
     links: dict[str, str] = field(default_factory=dict)
     executables: set[str] = field(default_factory=lambda: {"/sbin/init"})
@@ -232,14 +234,16 @@ class FakeKernel:
         return self.files[self._fds[fd]][offset:offset + length]
 
     def stat(self, path: str) -> os.stat_result:
+        if path in self.dirs:
+            return os.stat_result((stat.S_IFDIR | 0o755, 0, 0, 2, 0, 0, 0, 0, 0, 0))
         if path not in self.files:
             raise oserror(errno.ENOENT, path)
-        rdev = 0
+        rdev, kind = 0, self.kinds.get(path, stat.S_IFREG)
         if path.startswith("/dev/loop") and path[9:].isdigit():
-            rdev = os.makedev(LOOP_MAJOR, int(path[9:]))
+            rdev, kind = os.makedev(LOOP_MAJOR, int(path[9:])), stat.S_IFBLK
         elif path.startswith("/dev/dm-"):
-            rdev = os.makedev(DM_MAJOR, int(path[8:]))
-        return os.stat_result((0o600, 0, 0, 1, 0, 0, len(self.files[path]), 0, 0, 0),
+            rdev, kind = os.makedev(DM_MAJOR, int(path[8:])), stat.S_IFBLK
+        return os.stat_result((kind | 0o600, 0, 0, 1, 0, 0, len(self.files[path]), 0, 0, 0),
                               {"st_rdev": rdev})
 
     def write_fd(self, fd: int, data: bytes) -> None:

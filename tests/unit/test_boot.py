@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import stat
 
 import pytest
 from pytest_mock import MockerFixture
@@ -259,6 +260,25 @@ def test_image_missing_names_the_path(machine: Machine) -> None:
     assert "rd.initoverlayfs.fs=" in line and "initoverlayfs-install" in line
     assert isinstance(result, Rebooted) and result.how == real.RB_POWER_OFF
     assert not machine.k.recorded("sleep")
+
+
+@pytest.mark.parametrize(("kind", "said"), [(stat.S_IFIFO, "a FIFO"),
+                                            (stat.S_IFDIR, "a directory")])
+def test_an_image_that_is_not_a_regular_file_is_refused_before_any_open(
+        machine: Machine, kind: int, said: str) -> None:
+    """The audit: a FIFO at the image's path blocked the boot for ever in open(), with no
+    line and no rd.emergency= (anyone who can write /boot could do that)."""
+    if kind == stat.S_IFDIR:
+        machine.k.filesystems["/dev/vda1"] = {f"{IMAGE}/inside": b""}
+    else:
+        machine.k.kinds[f"/boot{IMAGE}"] = kind
+    machine.cmdline("rd.emergency=poweroff")
+    result = machine.boot()
+    line = failure_line(machine)
+    assert f"use /boot{IMAGE} on UUID={BOOT_UUID} as the image: it is {said}, not a regular " \
+           "file; check fs in /etc/initoverlayfs.conf or rd.initoverlayfs.fs=" in line
+    assert ("open", f"/boot{IMAGE}") not in machine.k.recorded()
+    assert isinstance(result, Rebooted) and result.how == real.RB_POWER_OFF
 
 
 def test_image_that_is_not_erofs(machine: Machine) -> None:

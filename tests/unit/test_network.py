@@ -332,11 +332,11 @@ class FakeNetKernel:
                 kernel.closed.append("tcp")
         return Sock()
 
-    def sock_recv(self, sock: object, n: int) -> bytes:
+    def sock_recv(self, sock: object, n: int, deadline: float) -> bytes:
         assert self.server is not None
         return self.server.recv(n)
 
-    def sock_send(self, sock: object, data: bytes) -> None:
+    def sock_send(self, sock: object, data: bytes, deadline: float) -> None:
         assert self.server is not None
         self.server.send(data)
 

@@ -115,6 +115,17 @@ def test_unknown_and_repeated_keys_are_warnings_naming_the_line() -> None:
     ("fstype ext4;rm\n", "line 1 (fstype): not a filesystem type"),
     ("udev_trigger blo$ck\n", "line 1 (udev_trigger): not a list of subsystem names"),
     ("fs /\n", "line 1 (fs): not a file path"),
+    # what the audit found accepted
+    ("fs /../etc/shadow\n", "line 1 (fs): the image path must stay inside the bootfs"),
+    ("fs a/..\n", "line 1 (fs): the image path must stay inside the bootfs"),
+    ("bootfs LABEL=a\0b\n", "line 1 (bootfs): 'LABEL=a"),
+    ("bootfs /dev/vda\0\n", "has a NUL byte: no device is named so"),
+    ("verity_data_blocks \u0663\n", "line 1 (verity_data_blocks): not a positive number"),
+    ("verity_hash_offset 99999999999999999999999\n",
+     "line 1 (verity_hash_offset): 99999999999999999999999 is larger than any image"),
+    (f"verity_data_blocks {(1 << 52) + 1}\n", "line 1 (verity_data_blocks): "),
+    ("ip 10.0.2.\u0661\u0665::10.0.2.2:255.255.255.0::eth0:none\n",
+     "line 1 (ip): client address '10.0.2.\u0661\u0665' is not an IPv4 address"),
 ])
 def test_unusable_values_are_errors_naming_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
