@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage_init.config import DEFAULT_SUBSYSTEMS
+from storage_init.config import DEFAULT_SUBSYSTEMS, parse_fstype
 from storage_init.devspec import SpecError, parse_spec
 from storage_init.mounts import unescape
 
@@ -62,6 +62,14 @@ def boot_filesystem(entries: list[FstabEntry]) -> BootFs:
                          "use UUID=, LABEL=, PARTUUID=, PARTLABEL= or a /dev path") from None
     # `ext4,ext3`: mount(8) tries each; storage-init reads the superblock instead
     types = tuple(t for t in entry.fstype.split(",") if t and t not in _NOT_A_FS)
+    for name in types:
+        try:
+            parse_fstype(name)
+        except ValueError:
+            raise BuildError(f"the fstab entry for {entry.target} has the type {name!r}, "
+                             "which names no filesystem",
+                             "fix /etc/fstab, or write /etc/initoverlayfs.conf yourself "
+                             "(bootfs, bootfstype)") from None
     return BootFs(entry.spec, types[0] if len(types) == 1 else None, image_dir, types)
 
 

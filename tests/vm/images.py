@@ -5,6 +5,7 @@ partition and the ext4 bootfs holding every image) made with sgdisk, mkfs.vfat a
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -143,13 +144,16 @@ def with_extra_files(initramfs: Path, out: Path, files: dict[str, tuple[int, byt
     return out
 
 
-def make_bootfs(work: Path, name: str, files: dict[str, Path]) -> Path:
-    """An ext4 filesystem (the bootfs's UUID and label) holding `files`, made without
-    mounting: the bootfs partition of the disk, or on its own the NBD export."""
+def make_bootfs(work: Path, name: str, files: dict[str, Path],
+                fifos: tuple[str, ...] = ()) -> Path:
+    """An ext4 filesystem (the bootfs's UUID and label) holding `files` and named FIFOs,
+    made without mounting: the bootfs partition of the disk, or on its own the NBD export."""
     bootdir = work / name
     bootdir.mkdir()
     for file_name, source in files.items():
         shutil.copy(source, bootdir / file_name)
+    for fifo in fifos:
+        os.mkfifo(bootdir / fifo)
     size_mb = max(64, sum(p.stat().st_size for p in files.values()) // (1 << 20) + 32)
     ext4 = work / f"{name}.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-U", FS_UUID, "-L", FS_LABEL, "-d", str(bootdir),
@@ -157,8 +161,8 @@ def make_bootfs(work: Path, name: str, files: dict[str, Path]) -> Path:
     return ext4
 
 
-def make_disk(work: Path, bootfs_files: dict[str, Path]) -> Disk:
-    ext4 = make_bootfs(work, "bootfs", bootfs_files)
+def make_disk(work: Path, bootfs_files: dict[str, Path], fifos: tuple[str, ...] = ()) -> Disk:
+    ext4 = make_bootfs(work, "bootfs", bootfs_files, fifos)
     size_mb = ext4.stat().st_size >> 20
     esp = work / "esp.vfat"
     subprocess.run(["mkfs.vfat", "-C", str(esp), str(8 * 1024)], check=True,

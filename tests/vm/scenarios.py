@@ -76,6 +76,8 @@ SCENARIOS = {s.name: s for s in (
     Scenario("fail-blacklisted-driver",
              append="modprobe.blacklist=virtio_blk rd.initoverlayfs.timeout=5 quiet"),
     Scenario("fail-no-image", append="rd.initoverlayfs.fs=/missing.img quiet"),
+    # a FIFO blocked the boot for ever in open(): no line, no rd.emergency=
+    Scenario("fail-fifo-image", append="rd.initoverlayfs.fs=/fifo.img quiet"),
     Scenario("fail-corrupt-image",
              append="rd.initoverlayfs.fs=/corrupt.img rd.initoverlayfs.verity=0 quiet"),
     Scenario("fail-wrong-fstype", append="rd.initoverlayfs.bootfstype=xfs quiet"),
@@ -192,7 +194,8 @@ def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic"),
             extra[name] = made
     # the other kernel's image: what a stale or foreign image looks like to this build
     extra["other-build.img"] = kernels[flavours[-1]].image
-    disk = images.make_disk(work, {**bootfs, **extra, "corrupt.img": corrupt})
+    disk = images.make_disk(work, {**bootfs, **extra, "corrupt.img": corrupt},
+                            fifos=("fifo.img",))
     artifacts = Artifacts(work, kernels, disk)
     busybox = (content / "bin/busybox").read_bytes()
     for flavour, built in kernels.items():

@@ -219,6 +219,9 @@ FAILURES = {
     "fail-no-image": r"storage-init: attach-loop: Failed to find the image /boot/missing.img "
                      rf"on UUID={images.FS_UUID}: No such file or directory; check fs in "
                      r"/etc/initoverlayfs.conf or rd.initoverlayfs.fs=",
+    "fail-fifo-image": r"storage-init: attach-loop: Failed to use /boot/fifo.img on "
+                       rf"UUID={images.FS_UUID} as the image: it is a FIFO, not a regular file; "
+                       r"check fs in /etc/initoverlayfs.conf or rd.initoverlayfs.fs=",
     "fail-corrupt-image": r"storage-init: mount-image: Failed to mount /boot/corrupt.img "
                           r"\(/dev/loop\d+\) as erofs on /run/initoverlayfs/lower: Invalid "
                           r"argument; check that /boot/corrupt.img is a filesystem image of type "
