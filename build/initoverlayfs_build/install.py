@@ -340,7 +340,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                     else kmods.module_files(ui, moddir, index, selection.modules))
 
     workdirs.remove_stale(ui)
-    with tempfile.TemporaryDirectory(prefix=workdirs.prefix()) as work:
+    with tempfile.TemporaryDirectory(prefix=workdirs.prefix(), dir=workdirs.base()) as work:
         workdir = Path(work)
         # --- the initoverlayfs image ---
         tree = args.from_dir

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO
 
+from . import workdirs
 from .errors import BuildError
 from .ui import Ui
 
@@ -71,7 +72,9 @@ def run_bounded(ui: Ui, argv: Sequence[str], data: bytes, limit: int) -> bytes |
     """Run a filter on `data`; its stdout, or None (the tool killed) once it passes `limit`
     bytes: a decompressor fed hostile input must not fill the memory before it is stopped."""
     ui.command(argv, None)
-    with tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as errors:
+    scratch = workdirs.base()  # not tempfile's default: see workdirs.base
+    with tempfile.TemporaryFile(dir=scratch) as source, \
+            tempfile.TemporaryFile(dir=scratch) as errors:
         source.write(data)
         source.seek(0)
         try:

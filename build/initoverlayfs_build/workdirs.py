@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .ui import Ui
@@ -16,6 +15,17 @@ PREFIX = "initoverlayfs-build-"
 
 def prefix() -> str:
     return f"{PREFIX}{os.getpid()}-"
+
+
+def base() -> Path:
+    """TMPDIR as tempfile reads it, without tempfile.gettempdir(): that one writes a probe
+    file under a random name into it first, which a run killed at the wrong moment leaves
+    behind, with nothing in its name to tell whose it was."""
+    for variable in ("TMPDIR", "TEMP", "TMP"):
+        value = os.environ.get(variable)
+        if value and os.path.isdir(value):
+            return Path(value)
+    return Path("/tmp")
 
 
 def owner(name: str) -> int | None:
@@ -36,11 +46,11 @@ def alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(ui: Ui, base: Path | None = None) -> list[str]:
+def remove_stale(ui: Ui) -> list[str]:
     """Remove the work directories of runs that are no longer running."""
-    base = base or Path(tempfile.gettempdir())
+    where = base()
     try:
-        names = sorted(os.listdir(base))
+        names = sorted(os.listdir(where))
     except OSError:
         return []
     removed = []
@@ -48,10 +58,10 @@ def remove_stale(ui: Ui, base: Path | None = None) -> list[str]:
         pid = owner(name)
         if pid is None or pid == os.getpid() or alive(pid):
             continue
-        path = base / name
+        path = where / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(name)
     if removed:
-        ui.info(f"removed the work directories of killed runs in {base}: {', '.join(removed)}")
+        ui.info(f"removed the work directories of killed runs in {where}: {', '.join(removed)}")
     return removed

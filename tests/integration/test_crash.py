@@ -1,0 +1,147 @@
+"""The crash tier: initoverlayfs-install killed (SIGKILL, through strace's syscall fault
+injection) at each of its renames, fsyncs, unlinks and writes, and at random moments, while it
+replaces a pair in /boot. After every kill /boot must hold a mini-initramfs and the image it
+names, which veritysetup verifies against the mini-initramfs's root hash: the old pair or the
+new one, never a mix. Then the next run must succeed and leave no temporaries, in /boot or in
+TMPDIR. (A power loss is this plus the page cache: the fsyncs are the other half, checked by
+their order in the same trace.)"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from initoverlayfs_build import cpio, initramfs, pair
+from initoverlayfs_build.run import need
+from initoverlayfs_build.ui import Ui
+
+from storage_init.config import parse_config
+from tests.unit.test_builder_install import KVER, args
+from tests.unit.test_builder_install import sysroot as sysroot
+from tests.unit.test_builder_modules import moddir as moddir
+
+pytestmark = [pytest.mark.integration, pytest.mark.crash]
+REPO = Path(__file__).resolve().parents[2]
+POINTS = ("rename", "fsync", "unlink", "unlinkat", "write")
+
+
+def command(root: Path) -> list[str]:
+    return [sys.executable, "-c",
+            "import sys; from initoverlayfs_build.install import main; sys.exit(main())",
+            *args(root, "--compress", "none", "-f")]
+
+
+def environment(tmpdir: Path) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(tmpdir), "SOURCE_DATE_EPOCH": "1700000000",
+            "PYTHONPATH": f"{REPO}:{REPO / 'build'}"}
+
+
+def the_pair(boot: Path) -> tuple[str, str]:
+    """(the mini-initramfs's sha256, the image it names), after checking that the image is
+    there and verifies against the mini-initramfs's root hash."""
+    mini = (boot / pair.mini_name(KVER)).read_bytes()
+    archive = initramfs.unpacked_archive(Ui("crash", quiet=True), mini)
+    config = parse_config({e.name: e for e in cpio.read_all(archive)}
+                          ["etc/initoverlayfs.conf"].data.decode())
+    assert config.fs and config.verity_roothash and config.verity_hash_offset
+    image = boot / config.fs.lstrip("/")
+    assert image.is_file(), f"the mini-initramfs names {image.name}, which is not in /boot"
+    out = subprocess.run([need("veritysetup", "to verify the pair"), "verify",
+                          f"--hash-offset={config.verity_hash_offset}", str(image), str(image),
+                          config.verity_roothash], capture_output=True, text=True)
+    assert out.returncode == 0, f"{image.name} does not verify: {out.stderr}"
+    return hashlib.sha256(mini).hexdigest(), image.name
+
+
+def leftovers(boot: Path, tmpdir: Path) -> list[str]:
+    return sorted([p.name for p in boot.iterdir() if p.name.startswith(".")]
+                  + [p.name for p in tmpdir.iterdir()])
+
+
+def restore(boot: Path, files: dict[str, bytes]) -> None:
+    for path in boot.iterdir():
+        if path.name not in files:
+            path.unlink()
+    for name, data in files.items():
+        (boot / name).write_bytes(data)
+        (boot / name).chmod(0o600)
+
+
+def test_a_killed_build_always_leaves_a_pair_that_boots(sysroot: Path,
+                                                        tmp_path: Path) -> None:
+    strace = need("strace", "to kill the builder at chosen syscalls")
+    boot, tmpdir = sysroot / "boot", tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env = environment(tmpdir)
+    subprocess.run(command(sysroot), env=env, check=True)
+    old = the_pair(boot)
+    old_files = {p.name: p.read_bytes() for p in boot.iterdir()}
+    (sysroot / "content/sbin/init").write_text("#!/bin/sh\necho the new build's init\n")
+
+    # the new build's own trace: how many of each syscall it makes, and their order
+    log = tmp_path / "trace"
+    started = time.monotonic()
+    subprocess.run([strace, "-qq", "-o", str(log), "-e", "signal=none", "-e",
+                    f"trace={','.join(POINTS)}",
+                    *command(sysroot)], env=env, check=True)
+    took = time.monotonic() - started
+    new = the_pair(boot)
+    assert new != old and new[1] != old[1]
+    trace = log.read_text().splitlines()
+    counts = Counter(line.split("(", 1)[0] for line in trace)
+    assert counts["rename"] == 2 and counts["fsync"] >= 4, counts
+    # each rename into /boot is followed by the directory's fsync before the next step
+    renames = [i for i, line in enumerate(trace) if line.startswith("rename(")]
+    assert all(trace[i + 1].startswith("fsync(") for i in renames), trace
+
+    seen: Counter[tuple[str, str]] = Counter()
+    for name in POINTS:
+        for when in range(1, counts[name] + 1):
+            restore(boot, old_files)
+            run = subprocess.run([strace, "-qq", "-o", "/dev/null", "-e",
+                                  f"inject={name}:signal=KILL:when={when}", *command(sysroot)],
+                                 env=env, capture_output=True, text=True)
+            assert run.returncode != 0, f"{name} #{when} was not reached"
+            found = the_pair(boot)
+            assert found in (old, new), f"killed at {name} #{when}: a pair of neither build"
+            seen[("old" if found == old else "new", name)] += 1
+            # the next run cleans up and succeeds
+            subprocess.run(command(sysroot), env=env, check=True, capture_output=True)
+            assert the_pair(boot) == new
+            assert leftovers(boot, tmpdir) == [], f"after a kill at {name} #{when}"
+    # both outcomes happen: before the mini-initramfs's rename the old pair, after it the new
+    assert seen[("old", "rename")] == 2 and seen[("new", "unlink")] >= 1, seen
+    print(f"kill points: {dict(counts)}; pairs found after them: {dict(seen)}")
+
+    rng = random.Random(1700000000)
+    for _ in range(12):  # and at random moments, as a power cut or an OOM kill would
+        restore(boot, old_files)
+        proc = subprocess.Popen(command(sysroot), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, took))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert the_pair(boot) in (old, new)
+        subprocess.run(command(sysroot), env=env, check=True, capture_output=True)
+        assert leftovers(boot, tmpdir) == []
+
+
+def test_trace_names_match_the_syscalls_python_makes() -> None:
+    """os.replace and Path.unlink are rename(2) and unlink(2) on this libc: if a Python or
+    glibc update moved them to renameat2/unlinkat, the kill points above would miss them."""
+    strace = need("strace", "to trace")
+    out = subprocess.run([strace, "-qq", "-f", "-e", "trace=rename,renameat,renameat2",
+                          sys.executable, "-c",
+                          "import os, tempfile; d = tempfile.mkdtemp(); "
+                          "open(d + '/a', 'w').close(); os.replace(d + '/a', d + '/b')"],
+                         capture_output=True, text=True, check=True)
+    assert re.search(r"^rename\(", out.stderr, re.MULTILINE), out.stderr
