@@ -245,7 +245,7 @@ def setup_verity(boot: Boot) -> None:
                "boots this image unverified)")
     with failing(f"read the verity superblock of {image}", rebuild):
         size = kernel.stat(image).st_size
-        block = kernel.pread(boot.loop_fd, tree.hash_offset, verity.BLOCK)
+        block = _read_image(boot, tree.hash_offset)
     problem = verity.check_superblock(tree, block, size)
     if problem:
         raise BootError(f"verify {image}: {problem}", rebuild)
@@ -289,6 +289,8 @@ def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str) -> 
             if exc.errno != errno.EIO:
                 raise BootError(f"read {node}, the dm-verity device of {image}",
                                 "/dev (devtmpfs)", exc) from None
+            assert boot.loop_fd is not None
+            _read_image(boot, 0)  # the disk's own I/O error, or else verity's refusal
             raise BootError(f"verify {image}: dm-verity rejects it against the root hash "
                             f"{tree.root_hash} of {boot.paths.config}: it is not the image "
                             "this mini-initramfs was built with, or it is corrupted",
@@ -301,6 +303,21 @@ def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str) -> 
         raise
     boot.verified = VerifiedDevice(control, backing)
     return node
+
+
+def _read_image(boot: Boot, offset: int) -> bytes:
+    """A block of the image through its loop device; an I/O error there is the disk's (or
+    the bootfs's), which no rebuild mends: said so, with where the kernel log has more."""
+    assert boot.loop_fd is not None
+    try:
+        return boot.kernel.pread(boot.loop_fd, offset, verity.BLOCK)
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        s = boot.need_settings()
+        raise BootError(f"read {s.image_path} at byte {offset} ({boot.loop_device})",
+                        f"the disk holding the bootfs {s.bootfs}: the kernel log names the "
+                        "device and sector that failed", exc) from None
 
 
 def mount_image(boot: Boot) -> None:

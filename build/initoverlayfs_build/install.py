@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Build /boot/initramfs-KVER.img (the mini-initramfs: storage-init, storage "
-                    "drivers, config) and /boot/initoverlayfs-KVER.img (EROFS: everything "
-                    "else) for one kernel.")
+                    "drivers, config) and /boot/initoverlayfs-KVER-ID.img (EROFS: everything "
+                    "else; ID is this build's, and the mini-initramfs names it) for one "
+                    "kernel, replacing the previous pair atomically.")
     p.add_argument("--kver", help="kernel version (default: the running kernel when the "
                                   "sysroot is /, else the only one installed there)")
     p.add_argument("-f", "--force", action="store_true",

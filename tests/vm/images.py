@@ -45,6 +45,24 @@ class KernelImages:
 class Disk:
     path: Path
     bootfs_start: int  # byte offset of the bootfs partition
+    bootfs: Path  # the ext4 filesystem written there
+
+    def sector_of(self, name: str) -> int:
+        """A disk sector holding the first 4 KiB block of the bootfs's file `name` (its first
+        filesystem block that is not a hole: an EROFS image starts with 1 KiB of zeros, which
+        mkfs.ext4 -d leaves unallocated when its blocks are 1 KiB)."""
+        info = subprocess.run(["dumpe2fs", "-h", str(self.bootfs)], capture_output=True,
+                              text=True, check=True).stdout
+        found = re.search(r"^Block size:\s+(\d+)", info, re.M)
+        assert found, info
+        size = int(found.group(1))
+        for block in range(max(1, 4096 // size)):
+            mapped = subprocess.run(["debugfs", "-R", f"bmap /{name} {block}",
+                                     str(self.bootfs)], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            if mapped.isdigit() and int(mapped):
+                return (self.bootfs_start + int(mapped) * size) // 512
+        raise AssertionError(f"{name}: its first 4 KiB are a hole on the bootfs")
 
 
 def content_tree(root: Path, *, with_init: bool = True) -> Path:
@@ -184,4 +202,4 @@ def make_disk(work: Path, bootfs_files: dict[str, Path], fifos: tuple[str, ...] 
         subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
                         f"seek={starts[number]}", "conv=notrunc,fsync", "status=none"],
                        check=True)
-    return Disk(disk, starts[2])
+    return Disk(disk, starts[2], ext4)

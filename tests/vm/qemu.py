@@ -5,9 +5,11 @@ showed comes back either way, so a failure can show it."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -56,6 +58,11 @@ class VmSpec:
     timeout: float = 180.0
     devices: tuple[str, ...] = ()  # more QEMU arguments (a NIC and its netdev)
     cpu: str | None = None  # a TCG CPU model other than QEMU's default (ignored with KVM)
+    blkdebug: Path | None = None  # a blkdebug config: the disk fails the reads it names
+    # the disk is hot-plugged (virtio-scsi, through QMP) this many seconds after the console
+    # shows LATE_DISK_AFTER, instead of being there at power-on
+    late_disk: float | None = None
+    qmp: Path | None = None  # the QMP socket, for late_disk
 
     def command(self) -> list[str]:
         qemu = shutil.which("qemu-system-x86_64")
@@ -73,8 +80,13 @@ class VmSpec:
     def _disk(self) -> list[str]:
         if self.disk is None:
             return []
-        return ["-drive", f"file={self.disk},format=raw,if=none,id=disk0,snapshot=on",
-                *INTERFACES[self.interface]]
+        file = f"blkdebug:{self.blkdebug}:{self.disk}" if self.blkdebug else str(self.disk)
+        drive = ["-drive", f"file={file},format=raw,if=none,id=disk0,snapshot=on"]
+        if self.late_disk is not None:
+            assert self.qmp is not None, "a late disk is added through QMP"
+            return [*drive, "-device", "virtio-scsi-pci,id=scsi0",
+                    "-qmp", f"unix:{self.qmp},server=on,wait=off"]
+        return [*drive, *INTERFACES[self.interface]]
 
 
 @dataclass
@@ -141,6 +153,35 @@ class BootResult:
 
 
 Interaction = tuple[str, str]  # (pattern to wait for, text to send once it appears)
+LATE_DISK_AFTER = r"storage-init: triggered \d+ devices"
+LATE_DISK = {"driver": "scsi-hd", "bus": "scsi0.0", "drive": "disk0", "id": "late0"}
+
+
+def qmp_command(path: Path, execute: str, arguments: dict[str, str]) -> dict[str, object]:
+    """One QMP command on a fresh connection (greeting, capabilities, the command)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        stream = sock.makefile("rw")
+        json.loads(stream.readline())  # the greeting
+        for message in ({"execute": "qmp_capabilities"},
+                        {"execute": execute, "arguments": arguments}):
+            stream.write(json.dumps(message) + "\n")
+            stream.flush()
+            reply: dict[str, object] = json.loads(stream.readline())
+            while "event" in reply:
+                reply = json.loads(stream.readline())
+            if "error" in reply:
+                raise RuntimeError(f"QMP {message['execute']}: {reply['error']}")
+        return reply
+
+
+def _plug_late(spec: VmSpec, console: Console, deadline: float) -> None:
+    if console.expect(LATE_DISK_AFTER, deadline) is None or spec.late_disk is None:
+        return
+    time.sleep(spec.late_disk)
+    assert spec.qmp is not None
+    qmp_command(spec.qmp, "device_add", LATE_DISK)
 
 
 def boot(spec: VmSpec, interactions: Sequence[Interaction] = ()) -> BootResult:
@@ -151,6 +192,8 @@ def boot(spec: VmSpec, interactions: Sequence[Interaction] = ()) -> BootResult:
                                stderr=subprocess.STDOUT)
     console = Console(process)
     console.start()
+    if spec.late_disk is not None:
+        threading.Thread(target=_plug_late, args=(spec, console, deadline), daemon=True).start()
     try:
         position = 0
         for pattern, reply in interactions:

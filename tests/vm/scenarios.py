@@ -47,6 +47,8 @@ class Scenario:
     timeout: float = 300.0
     nic: str | None = None  # a NIC (NICS) on QEMU's user network, and then no disk
     cpu: str | None = None  # QEMU's -cpu under TCG; None: its default (no SSSE3, no SSE4.2)
+    io_error: str | None = None  # a bootfs file ($kver) whose first block the disk fails
+    late_disk: float | None = None  # the disk is hot-plugged this long after the trigger
 
 
 DEFAULT = Scenario("default")
@@ -78,6 +80,12 @@ SCENARIOS = {s.name: s for s in (
     Scenario("fail-no-image", append="rd.initoverlayfs.fs=/missing.img quiet"),
     # a FIFO blocked the boot for ever in open(): no line, no rd.emergency=
     Scenario("fail-fifo-image", append="rd.initoverlayfs.fs=/fifo.img quiet"),
+    # the disk fails the image's first block (QEMU's blkdebug): the disk's error, not a build's
+    Scenario("fail-io-error", append="rd.initoverlayfs.fs=/ioerror-$kver.img quiet",
+             io_error="ioerror-$kver.img"),
+    # the bootfs's disk appears 4 s after storage-init has triggered: it waits on uevents
+    Scenario("late-disk", interface="virtio-scsi", late_disk=4.0,
+             append="rd.initoverlayfs.timeout=60"),
     Scenario("fail-corrupt-image",
              append="rd.initoverlayfs.fs=/corrupt.img rd.initoverlayfs.verity=0 quiet"),
     Scenario("fail-wrong-fstype", append="rd.initoverlayfs.bootfstype=xfs quiet"),
@@ -131,12 +139,24 @@ class Artifacts:
         initrd = self.initrds[(scenario.kernel, scenario.initrd)]
         if scenario.nic is None:
             return VmSpec(built.kernel.vmlinuz, initrd, self.disk.path, scenario.interface,
-                          append, timeout=scenario.timeout, cpu=scenario.cpu)
+                          append, timeout=scenario.timeout, cpu=scenario.cpu,
+                          blkdebug=self._blkdebug(scenario, built.kernel.kver),
+                          late_disk=scenario.late_disk,
+                          qmp=self.work / f"qmp-{scenario.name}.sock")
         # ipv6=off: the guest's link-local chatter stays out of the way
         devices = ("-netdev", "user,id=net0,ipv6=off",
                    "-device", f"{NICS[scenario.nic]},netdev=net0")
         return VmSpec(built.kernel.vmlinuz, initrd, None, append=append,
                       timeout=scenario.timeout, devices=devices)
+
+    def _blkdebug(self, scenario: Scenario, kver: str) -> Path | None:
+        if scenario.io_error is None:
+            return None
+        sector = self.disk.sector_of(scenario.io_error.replace("$kver", kver))
+        config = self.work / f"blkdebug-{scenario.name}.conf"
+        config.write_text(f'[inject-error]\nevent = "read_aio"\nerrno = "5"\n'
+                          f'sector = "{sector}"\nonce = "off"\n')
+        return config
 
     def close(self) -> None:
         if self.nbd is not None:
@@ -190,7 +210,8 @@ def build(work: Path, flavours: tuple[str, ...] = ("cloud", "generic"),
                 (f"flipped-{kver}.img", images.flipped(image, work / f"flipped-{kver}.img", 2048)),
                 (f"canary-{kver}.img", images.flipped(image, work / f"canary-{kver}.img",
                                                       images.canary_offset(image))),
-                (f"notree-{kver}.img", images.without_tree(image, work / f"notree-{kver}.img"))):
+                (f"notree-{kver}.img", images.without_tree(image, work / f"notree-{kver}.img")),
+                (f"ioerror-{kver}.img", image)):
             extra[name] = made
     # the other kernel's image: what a stale or foreign image looks like to this build
     extra["other-build.img"] = kernels[flavours[-1]].image

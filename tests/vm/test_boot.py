@@ -106,6 +106,17 @@ def test_the_cpus_own_sha256_is_loaded_first_where_the_cpu_has_it(
     assert loaded[0] == "sha256_ssse3" and "dm_verity" in loaded, loaded
 
 
+def test_a_disk_that_appears_late_is_waited_for_on_uevents(
+        boots: dict[str, BootResult]) -> None:
+    """Hot-plugged through QMP 4 s after storage-init triggered the storage subsystems:
+    the wait sees its uevent and goes on, within rd.initoverlayfs.timeout=."""
+    run = booted(boots, "late-disk")
+    steps = {s["name"]: s for s in timings_of(run)["steps"]}  # type: ignore[attr-defined]
+    assert steps["wait-bootfs"]["ms"] >= 4000, steps["wait-bootfs"]
+    assert re.search(r"storage-init: found bootfs UUID=\S+: sda2 \(ext4 ", run.console), (
+        run.describe())
+
+
 def test_loop_creates_only_the_device_the_boot_takes(boots: dict[str, BootResult]) -> None:
     # max_loop=0: none of the kernel's 8 up-front loop devices, only the one storage-init
     # took from /dev/loop-control; a loop.max_loop= on the command line still wins
@@ -222,6 +233,10 @@ FAILURES = {
     "fail-fifo-image": r"storage-init: attach-loop: Failed to use /boot/fifo.img on "
                        rf"UUID={images.FS_UUID} as the image: it is a FIFO, not a regular file; "
                        r"check fs in /etc/initoverlayfs.conf or rd.initoverlayfs.fs=",
+    "fail-io-error": r"storage-init: setup-verity: Failed to read /boot/ioerror-[^ ]+\.img at "
+                     r"byte 0 \(/dev/loop\d+\): Input/output error; check the disk holding the "
+                     rf"bootfs UUID={images.FS_UUID}: the kernel log names the device and "
+                     r"sector that failed",
     "fail-corrupt-image": r"storage-init: mount-image: Failed to mount /boot/corrupt.img "
                           r"\(/dev/loop\d+\) as erofs on /run/initoverlayfs/lower: Invalid "
                           r"argument; check that /boot/corrupt.img is a filesystem image of type "
