@@ -4,7 +4,8 @@ Under an exclusive lock on the directory: temporaries that a killed run left are
 first, the room is checked, each new file is written to a temporary name in the same
 directory and fsync'ed, then the files are renamed into place in the order given, the
 directory fsync'ed after each rename (a later file may name an earlier one: that name must
-be on disk before it), and last the files the new ones make obsolete are removed.
+be on disk before it), the journal checkpointed where the filesystem has one that a
+bootloader skips (ext4), and last the files the new ones make obsolete are removed.
 
 Any failure before the first rename leaves the previous files untouched. A failure between
 renames removes the files it had added under new names; callers order their outputs so that
@@ -16,6 +17,7 @@ import errno
 import fcntl
 import os
 import shutil
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,6 +125,7 @@ def install(directory: Path, outputs: Sequence[Output],
             cleaned = []  # a read-only directory: the write below says so
         check_room(directory, outputs)
         _replace(directory, outputs)
+        _checkpoint(directory)
         left = [f"{directory / name} ({problem})" for name in obsolete()
                 if name not in {o.name for o in outputs}
                 and (problem := _remove(directory / name))]
@@ -165,6 +168,28 @@ def _replace(directory: Path, outputs: Sequence[Output]) -> None:
         for path in added:
             path.unlink(missing_ok=True)
         raise
+
+
+# EXT4_IOC_CHECKPOINT (Linux 5.13): write the journal's committed metadata to its place on
+# disk. A bootloader reads /boot without replaying the journal (GRUB's ext2/3/4 reader has no
+# journal code), while the kernel replays it at mount: after a power loss between an fsync'ed
+# rename and the journal's own checkpoint, the bootloader would load the previous
+# mini-initramfs and the kernel would no longer find the image it names, once the removal
+# below is replayed. Checkpointed first, both see the new pair before the old image goes.
+EXT4_IOC_CHECKPOINT = 0x4004662B
+
+
+def _checkpoint(directory: Path) -> bool:
+    """False where there is nothing to checkpoint or it is not allowed (another filesystem,
+    an older kernel, no CAP_SYS_ADMIN)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, EXT4_IOC_CHECKPOINT, struct.pack("I", 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _remove(path: Path) -> str | None:

@@ -145,3 +145,43 @@ def test_trace_names_match_the_syscalls_python_makes() -> None:
                           "open(d + '/a', 'w').close(); os.replace(d + '/a', d + '/b')"],
                          capture_output=True, text=True, check=True)
     assert re.search(r"^rename\(", out.stderr, re.MULTILINE), out.stderr
+
+
+def debugfs_dump(device: Path, name: str) -> bytes | None:
+    """A file as a reader that skips the journal sees it (GRUB's ext4 reader does)."""
+    out = subprocess.run(["debugfs", "-R", f"cat /{name}", str(device)], capture_output=True,
+                         check=True)
+    return None if b"File not found" in out.stderr else out.stdout
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_a_bootloader_that_skips_the_journal_sees_the_new_pair(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpointed: bool) -> None:
+    """After a replacement, a reader of the ext4 /boot that does not replay the journal
+    (GRUB) must see the new mini-initramfs, since the kernel, which replays it, no longer
+    finds the old image: the builder checkpoints the journal before removing it. Without
+    the checkpoint (the other case) that reader still sees the old mini-initramfs."""
+    fs = tmp_path / "boot.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(fs), "64M"], check=True)
+    mnt = tmp_path / "boot"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(fs), str(mnt)], check=True)
+    try:
+        old_image, new_image = tmp_path / "old", tmp_path / "new"
+        old_image.write_bytes(b"old image" * 1000)
+        new_image.write_bytes(b"new image" * 1000)
+        pair.replace(Ui("t", quiet=True), mnt, KVER, old_image, pair.image_name(KVER, "0" * 16),
+                     b"old mini")
+        subprocess.run(["sync", "-f", str(mnt)], check=True)
+        subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)  # everything home first
+        subprocess.run(["fsfreeze", "-u", str(mnt)], check=True)
+        if not checkpointed:
+            monkeypatch.setattr("initoverlayfs_build.output._checkpoint", lambda d: False)
+        pair.replace(Ui("t", quiet=True), mnt, KVER, new_image, pair.image_name(KVER, "1" * 16),
+                     b"new mini")
+        seen = debugfs_dump(fs, pair.mini_name(KVER))
+        assert seen == (b"new mini" if checkpointed else b"old mini")
+        if checkpointed:
+            assert debugfs_dump(fs, pair.image_name(KVER, "1" * 16)) == new_image.read_bytes()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
