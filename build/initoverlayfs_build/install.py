@@ -386,8 +386,15 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
 
         pair.replace(ui, boot_dir, kver, image, name, initramfs_bytes)
         if user_config is None:
-            output.write_file_atomically(etc_dir / "initoverlayfs.conf", config_text.encode())
-            ui.info(f"wrote {etc_dir / 'initoverlayfs.conf'} from /etc/fstab")
+            # The mini-initramfs carries its own copy: this file only spares the next build
+            # the reading of fstab, so failing to write it is no reason to fail this one.
+            try:
+                output.write_file_atomically(etc_dir / "initoverlayfs.conf",
+                                             config_text.encode())
+                ui.info(f"wrote {etc_dir / 'initoverlayfs.conf'} from /etc/fstab")
+            except BuildError as exc:
+                ui.warning(f"the new pair is in place, but {etc_dir / 'initoverlayfs.conf'} "
+                           f"was not written: {exc.message}")
         return Result(boot_dir / pair.mini_name(kver), boot_dir / name, len(initramfs_bytes),
                       image.stat().st_size, selection.modules, time.monotonic() - started)
 

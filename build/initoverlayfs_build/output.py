@@ -19,7 +19,7 @@ import os
 import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,10 +146,7 @@ def _replace(directory: Path, outputs: Sequence[Output]) -> None:
             (replaced if existed else added).append(final)
             _fsync_dir(directory)  # durable before the next file may name it
     except OSError as exc:
-        for temp, _ in temps:
-            temp.unlink(missing_ok=True)
-        for path in added:
-            path.unlink(missing_ok=True)
+        _discard([temp for temp, _ in temps] + added)
         state = ("nothing was changed" if not replaced else
                  f"{', '.join(str(p) for p in replaced)} already replaced")
         if exc.errno == errno.ENOSPC:
@@ -163,11 +160,16 @@ def _replace(directory: Path, outputs: Sequence[Output]) -> None:
         raise BuildError(f"cannot write into {directory}: {exc.strerror or exc}; {state}"
                          ) from None
     except BaseException:
-        for temp, _ in temps:
-            temp.unlink(missing_ok=True)
-        for path in added:
-            path.unlink(missing_ok=True)
+        _discard([temp for temp, _ in temps] + added)
         raise
+
+
+def _discard(paths: list[Path]) -> None:
+    """Best effort, on the way out of a failure: on a read-only filesystem even the unlink
+    of a file that is not there fails (EROFS), and the failure to report is the first one."""
+    for path in paths:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 # EXT4_IOC_CHECKPOINT (Linux 5.13): write the journal's committed metadata to its place on

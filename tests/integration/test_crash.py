@@ -185,3 +185,39 @@ def test_a_bootloader_that_skips_the_journal_sees_the_new_pair(
             assert debugfs_dump(fs, pair.image_name(KVER, "1" * 16)) == new_image.read_bytes()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("where", ["boot", "etc"])
+def test_a_read_only_boot_or_etc_is_one_clear_line(
+        sysroot: Path, tmp_path: Path, where: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Real read-only mounts (an ext4 mounted ro over the sysroot's directory): /boot
+    stops the build before anything changes; /etc only loses the config the builder would
+    have written from fstab (the mini-initramfs carries its own copy)."""
+    from initoverlayfs_build import install  # (the module under test, as in the unit tier)
+
+    fs = tmp_path / f"{where}.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(fs), "16M"], check=True)
+    target = sysroot / where
+    content = {p.name: p.read_bytes() for p in target.iterdir()}
+    setup = tmp_path / "setup"
+    setup.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(fs), str(setup)], check=True)
+    for name, data in content.items():
+        (setup / name).write_bytes(data)
+    subprocess.run(["umount", str(setup)], check=True)
+    subprocess.run(["mount", "-o", "loop,ro", str(fs), str(target)], check=True)
+    try:
+        code = install.main(args(sysroot, "--compress", "none"))
+        err = capsys.readouterr().err
+        if where == "boot":
+            assert code == 1
+            assert "it is mounted read-only; nothing was changed" in err, err
+            assert "Traceback" not in err
+            assert sorted(p.name for p in target.iterdir()) == sorted([*content, "lost+found"])
+        else:
+            assert code == 0, err
+            assert "the new pair is in place, but" in err and "mounted read-only" in err, err
+            assert pair.images_of(sysroot / "boot", KVER)
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
