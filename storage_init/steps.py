@@ -289,7 +289,6 @@ def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str) -> 
             if exc.errno != errno.EIO:
                 raise BootError(f"read {node}, the dm-verity device of {image}",
                                 "/dev (devtmpfs)", exc) from None
-            assert boot.loop_fd is not None
             _read_image(boot, 0)  # the disk's own I/O error, or else verity's refusal
             raise BootError(f"verify {image}: dm-verity rejects it against the root hash "
                             f"{tree.root_hash} of {boot.paths.config}: it is not the image "

@@ -130,9 +130,6 @@ class Result:
 VERITY_MODULE = "dm-verity"  # with dm-mod and dm-bufio, through modules.dep
 
 
-BUILD_KEYS = ("fs", "verity_")  # keys each build writes into its mini-initramfs's copy
-
-
 def build_config(config_text: str, image: str, tree: verity.Verity | None) -> str:
     """The mini-initramfs config: the user's lines without the keys that belong to one build
     (they never go into the sysroot's file), then this build's: the image's own name in the
@@ -186,10 +183,10 @@ def pick_kver(sysroot: Path, requested: str | None) -> str:
                      f"{', '.join(found) or 'none'}", "pass --kver")
 
 
-def read_config(ui: Ui, sysroot: Path) -> tuple[str | None, dict[str, str]]:
+def read_config(ui: Ui, etc_dir: Path) -> tuple[str | None, dict[str, str]]:
     """The user's config text (None when missing or blank) and its raw key/values, after
     checking storage-init would accept it: a config it rejects would fail the boot."""
-    path = sysroot / "etc/initoverlayfs.conf"
+    path = etc_dir / "initoverlayfs.conf"
     try:
         text = path.read_bytes().decode()
     except FileNotFoundError:
@@ -259,7 +256,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     if args.from_dir is not None and not args.from_dir.is_dir():
         raise BuildError(f"--from-dir {args.from_dir} is not a directory")
     unpacked = initramfs.load(ui, args.from_initramfs) if args.from_initramfs else None
-    user_config, raw = read_config(ui, sysroot)
+    user_config, raw = read_config(ui, etc_dir)
     if user_config is None:
         entries = fstab.parse_fstab(_read(etc_dir / "fstab", "the /boot entry"))
         bootfs = fstab.boot_filesystem(entries)
