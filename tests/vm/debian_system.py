@@ -17,6 +17,8 @@ from pathlib import Path
 
 from initoverlayfs_build import pair
 
+from .images import content_tree
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "debian-system"
 MIRROR = "http://deb.debian.org/debian"
@@ -30,9 +32,25 @@ BOOT_UUID = "7d4b2e1a-6c5f-4a3b-9e8d-0f1a2b3c4d5e"
 SYSTEMD_IMAGE = "initoverlayfs-systemd-mode.img"  # on /boot, next to the plugin's image
 REPORT = "/usr/local/sbin/initoverlayfs-test-report"
 REPORT_SCRIPT = r"""#!/bin/sh
-# What the test checks, once the system is up: then power off.
+# What the test checks, once the system is up: then power off. With initoverlayfs.test-rebuild
+# on the command line, it rebuilds the pair instead (from the small busybox tree of the VM
+# tier, which TCG builds in a minute, where Debian's initrd took minutes), saying on the
+# console when the mini-initramfs's temporary appears in /boot: the image's is written and
+# fsync'ed by then, and the renames, the checkpoint and the removal follow within a second
+# (the test cuts the power in that window).
 state=$(systemctl is-system-running --wait)
 say() { echo "REPORT $*" > /dev/console; }
+if grep -qw initoverlayfs.test-rebuild /proc/cmdline; then
+    kver=$(uname -r)
+    ( until [ -e "$(echo /boot/.initramfs-*.tmp*)" ]; do sleep 0.02; done
+      say "rebuild-window" ) &
+    initoverlayfs-install -f -q --no-hostonly --kver "$kver" --from-dir TEST_CONTENT \
+        > /dev/console 2>&1
+    say "rebuild-done=$?"
+    sync
+    systemctl poweroff
+    exit 0
+fi
 say "state=$state"
 say "cmdline=$(cat /proc/cmdline)"
 say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS /)"
@@ -48,6 +66,8 @@ systemd-analyze | head -1 | while read -r line; do say "analyze=$line"; done
 say "END"
 systemctl poweroff
 """
+TEST_CONTENT = "/usr/local/share/initoverlayfs-test-content"  # the rebuild's content
+REPORT_SCRIPT = REPORT_SCRIPT.replace("TEST_CONTENT", TEST_CONTENT)
 REPORT_UNIT = f"""[Unit]
 Description=initoverlayfs test: report the boot on the console and power off
 
@@ -136,6 +156,7 @@ def prepare(work: Path, package: Path) -> System:
     script.write_text(REPORT_SCRIPT)
     script.chmod(0o755)
     (root / "etc/systemd/system/initoverlayfs-test-report.service").write_text(REPORT_UNIT)
+    content_tree(root / TEST_CONTENT.lstrip("/"))
     shutil.copy(package, root / "tmp" / package.name)
     log = chroot(root, f"dpkg -i /tmp/{package.name} && rm /tmp/{package.name} && "
                        "systemctl enable initoverlayfs-test-report.service")
@@ -198,6 +219,34 @@ def make_disk(work: Path, root: Path) -> Path:
                         "status=none"], check=True)
         image.unlink()
     return disk
+
+
+def partition(disk: Path, number: int, out: Path) -> Path:
+    """Partition `number` of the GPT disk, copied out as a file."""
+    info = subprocess.run(["sgdisk", "-i", str(number), str(disk)], check=True,
+                          capture_output=True, text=True).stdout
+    first = re.search(r"First sector: (\d+)", info)
+    last = re.search(r"Last sector: (\d+)", info)
+    assert first and last, info
+    start, count = int(first.group(1)), int(last.group(1)) - int(first.group(1)) + 1
+    subprocess.run(["dd", f"if={disk}", f"of={out}", "bs=512", f"skip={start}",
+                    f"count={count}", "conv=sparse", "status=none"], check=True)
+    return out
+
+
+def ext4_file(fs: Path, name: str) -> bytes | None:
+    """A file of an ext4 filesystem image as debugfs reads it: without replaying the
+    journal, as GRUB reads /boot. None when it is not there."""
+    out = subprocess.run(["debugfs", "-R", f"cat /{name}", str(fs)], capture_output=True,
+                         check=True)
+    return None if b"File not found" in out.stderr else out.stdout
+
+
+def replay_journal(fs: Path) -> None:
+    """What the kernel does when it mounts the filesystem: replay its journal (only)."""
+    out = subprocess.run(["e2fsck", "-f", "-y", "-E", "journal_only", str(fs)],
+                         capture_output=True, text=True)
+    assert out.returncode in (0, 1), out.stdout + out.stderr  # 1: corrected (replayed)
 
 
 def _size_mb(tree: Path) -> int:

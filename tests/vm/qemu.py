@@ -63,6 +63,7 @@ class VmSpec:
     # shows LATE_DISK_AFTER, instead of being there at power-on
     late_disk: float | None = None
     qmp: Path | None = None  # the QMP socket, for late_disk
+    snapshot: bool = True  # False: the guest's writes reach the disk file (a power-cut test)
 
     def command(self) -> list[str]:
         qemu = shutil.which("qemu-system-x86_64")
@@ -81,7 +82,8 @@ class VmSpec:
         if self.disk is None:
             return []
         file = f"blkdebug:{self.blkdebug}:{self.disk}" if self.blkdebug else str(self.disk)
-        drive = ["-drive", f"file={file},format=raw,if=none,id=disk0,snapshot=on"]
+        drive = ["-drive", f"file={file},format=raw,if=none,id=disk0,"
+                           f"snapshot={'on' if self.snapshot else 'off'}"]
         if self.late_disk is not None:
             assert self.qmp is not None, "a late disk is added through QMP"
             return [*drive, "-device", "virtio-scsi-pci,id=scsi0",
@@ -184,7 +186,11 @@ def _plug_late(spec: VmSpec, console: Console, deadline: float) -> None:
     qmp_command(spec.qmp, "device_add", LATE_DISK)
 
 
-def boot(spec: VmSpec, interactions: Sequence[Interaction] = ()) -> BootResult:
+def boot(spec: VmSpec, interactions: Sequence[Interaction] = (),
+         cut_power: tuple[str, float] | None = None) -> BootResult:
+    """`cut_power`: (pattern, seconds): that long after the console shows the pattern,
+    QEMU is killed (SIGKILL), as a power cut: what the guest had not written to its disk is
+    lost, what it had written stays (QEMU's writes are in the host's page cache)."""
     command = spec.command()
     started = time.monotonic()
     deadline = started + spec.timeout
@@ -202,6 +208,9 @@ def boot(spec: VmSpec, interactions: Sequence[Interaction] = ()) -> BootResult:
                 break
             position = match.end()
             console.send(reply)
+        if cut_power is not None and console.expect(cut_power[0], deadline):
+            time.sleep(cut_power[1])
+            process.kill()
         try:
             returncode: int | None = process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

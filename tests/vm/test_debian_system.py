@@ -9,6 +9,7 @@ and sizes are written to .cache/debian-system/comparison.md."""
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import statistics
@@ -18,9 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import initramfs, pair
+from initoverlayfs_build import cpio, initramfs, pair
 from initoverlayfs_build.ui import Ui
 
+from storage_init.config import parse_config
 from storage_init.steps import SYSTEMD, steps_for
 
 from . import debian_system
@@ -263,6 +265,60 @@ def test_every_repeated_boot_reached_multi_user(rounds: dict[str, list[BootResul
             report = reached_multi_user(run)
             assert report["state"] == ["running"], (mode, report.get("failed"), run.describe())
         assert len(runs) == ROUNDS, mode
+
+
+def test_a_power_cut_while_the_pair_is_replaced_leaves_a_disk_that_boots(
+        system: System, work: Path) -> None:
+    """The builder runs in the booted system (initoverlayfs-install -f, the VM tier's busybox
+    tree as the content) and QEMU is killed in its critical window (a seeded delay after the
+    mini-initramfs's temporary shows in /boot, the new image's already written: the cut falls
+    in the mini-initramfs's write, the fsyncs, the renames or the removal). Then the disk as
+    it was left: the mini-initramfs a bootloader reads (without the journal) names an image
+    that the kernel finds (after the journal's replay) and that verifies against its root
+    hash, and booting that mini-initramfs on the disk gets storage-init through to init: the
+    old pair's (Debian's initrd, to multi-user.target) or the new one's (the test init,
+    which reports)."""
+    disk = work / "power-cut.img"
+    subprocess.run(["cp", "--sparse=always", str(system.disk), str(disk)], check=True)
+    delay = random.Random(system.kver).uniform(0.0, 0.4)
+    spec = VmSpec(system.vmlinuz, system.images["rdinit"], disk,
+                  append=f"root=UUID={ROOT_UUID} ro initoverlayfs.test-rebuild",
+                  memory_mb=1024, timeout=2 * BOOT_TIMEOUT, snapshot=False)
+    cut = boot(spec, cut_power=(r"REPORT rebuild-window", delay))
+    assert "REPORT rebuild-window" in cut.console, cut.describe()
+    completed = "REPORT rebuild-done=0" in cut.console
+    print(f"\npower cut {delay:.2f} s after the mini-initramfs's temporary appeared; the "
+          f"build had {'finished' if completed else 'not finished'}")
+
+    boot_fs = debian_system.partition(disk, 1, work / "power-cut-boot.ext4")
+    mini = debian_system.ext4_file(boot_fs, f"initramfs-{system.kver}.img")
+    assert mini is not None, "no mini-initramfs on /boot for the bootloader"
+    (work / "power-cut-mini.img").write_bytes(mini)
+    archive = initramfs.unpacked_archive(Ui("test", quiet=True), mini)
+    config = parse_config({e.name: e for e in cpio.read_all(archive)}
+                          ["etc/initoverlayfs.conf"].data.decode())
+    assert config.fs and config.verity_roothash and config.verity_hash_offset, config
+    debian_system.replay_journal(boot_fs)
+    image = debian_system.ext4_file(boot_fs, config.fs.lstrip("/"))
+    assert image is not None, f"the kernel would not find {config.fs}"
+    (work / "power-cut-image.img").write_bytes(image)
+    verify = subprocess.run(["veritysetup", "verify", f"--hash-offset={config.verity_hash_offset}",
+                             str(work / "power-cut-image.img"), str(work / "power-cut-image.img"),
+                             config.verity_roothash], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+
+    after = boot(VmSpec(system.vmlinuz, work / "power-cut-mini.img", disk,
+                        append=f"root=UUID={ROOT_UUID} ro", memory_mb=1024,
+                        timeout=BOOT_TIMEOUT))
+    assert re.search(rf"storage-init: /boot{re.escape(config.fs)} is verified by dm-verity",
+                     after.console), after.describe()
+    if "INITOVERLAYFS-RESULT" in after.console:  # the new pair: the test init reported
+        print("the disk booted the new pair")
+        assert after.returncode == 0, after.describe()
+    else:
+        print("the disk booted the old pair")
+        report = reached_multi_user(after)
+        assert report["state"] == ["running"], (report.get("failed"), after.describe())
 
 
 def test_comparison_gives_medians_of_every_way(rounds: dict[str, list[BootResult]]) -> None:
