@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from initoverlayfs_build import compress, cpio
+from initoverlayfs_build import compress, cpio, pair
 from initoverlayfs_build.freeze import default_frozen
 from initoverlayfs_build.mini import Tree
 from initoverlayfs_build.ui import Ui
@@ -231,7 +231,11 @@ def main() -> int:
                                                   drivers=DRIVERS)
         disk_dir = work / f"disk-{size}"
         disk_dir.mkdir()
-        disk = images.make_disk(disk_dir, {images_built.image.name: images_built.image})
+        # our mini-initramfs names its image's own name; the C original, which reads no
+        # fs key, looks for its one default name: the same image under both
+        disk = images.make_disk(disk_dir, {
+            images_built.image.name: images_built.image,
+            pair.legacy_image_name(kernel.kver): images_built.image})
         if original is None:  # one for every size, as our mini-initramfs, with our config
             config = work / f"ours-{size}" / f"sysroot-{kernel.kver}" / "etc/initoverlayfs.conf"
             try:

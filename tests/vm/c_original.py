@@ -6,7 +6,8 @@ The C original cannot load kernel modules, so its /init is a small static wrappe
 (c_original_init.c) that loads the same modules our storage-init loads on this disk,
 dependencies first, and then execs it. Its config is ours (the keys it reads, bootfs,
 bootfstype and fstype, mean the same), and it finds the image at its default path,
-/boot/initoverlayfs-KVER.img, where the benchmark's disk has it.
+/boot/initoverlayfs-KVER.img, where the benchmark's disk has a copy of ours (whose
+mini-initramfs names the build's own file name instead).
 
 The source is not fetched here (the benchmark runs without network): pass a checkout or a
 git directory of it, or clone it into .cache/c-original/src."""
