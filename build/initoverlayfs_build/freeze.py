@@ -327,6 +327,11 @@ def folder_size(folder: Path) -> int:
 def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = False
            ) -> Frozen:
     """Compile into a temporary folder beside `output`, then swap it into place."""
+    if python == sys.executable and importlib.util.find_spec("nuitka") is None:
+        raise BuildError(f"Nuitka is not installed for {python}; it compiles storage-init "
+                         "into the frozen folder the mini-initramfs carries",
+                         f"{python} -m pip install nuitka, or pass --storage-init DIR with a "
+                         "folder frozen elsewhere (initoverlayfs-freeze --output DIR)")
     if network and importlib.util.find_spec("pyroute2") is None:
         raise BuildError("--network needs pyroute2 in the Python that freezes storage-init",
                          f"{python} -m pip install pyroute2")

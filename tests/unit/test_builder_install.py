@@ -248,3 +248,21 @@ def test_the_pair_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
     output.install(tmp_path, [output.Output("a.img", b"new a"), output.Output("b.img", b"new b")])
     assert (tmp_path / "a.img").read_bytes() + (tmp_path / "b.img").read_bytes() == (
         b"new anew b")
+
+
+def test_no_nuitka_is_one_error_saying_what_to_install(
+        sysroot: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without Nuitka the freeze died in a traceback from loading its plugin."""
+    import importlib.util
+
+    from initoverlayfs_build import freeze
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nuitka" else real(name, *a))
+    assert freeze.main(["--output", str(sysroot / "frozen-out")]) == 1
+    err = capsys.readouterr().err
+    assert "error: Nuitka is not installed for" in err and "-m pip install nuitka" in err, err
+    assert "Traceback" not in err
+    assert not (sysroot / "frozen-out").exists()
