@@ -244,8 +244,9 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     mkfs = need("mkfs.erofs", "to make the initoverlayfs image")
     if not boot_dir.is_dir():
         raise BuildError(f"{boot_dir} does not exist", "create it, or mount /boot")
-    existing = [n for n in (pair.mini_name(kver), *pair.images_of(boot_dir, kver))
-                if (boot_dir / n).exists()]
+    existing = pair.images_of(boot_dir, kver)
+    if (boot_dir / pair.mini_name(kver)).exists():
+        existing.insert(0, pair.mini_name(kver))
     if existing and not args.force:
         raise BuildError(f"{', '.join(str(boot_dir / n) for n in existing)} already exist(s); "
                          "nothing was changed", "pass -f to replace them")

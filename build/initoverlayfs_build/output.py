@@ -56,11 +56,11 @@ def check_room(directory: Path, outputs: Sequence[Output]) -> None:
                          "remove old kernels' images from /boot, or make it larger")
 
 
-def temp_name(name: str) -> str:
+def _temp_name(name: str) -> str:
     return f".{name}{TEMP_MARK}{os.getpid()}"
 
 
-def is_temp_of(entry: str, prefixes: Sequence[str]) -> bool:
+def _is_temp_of(entry: str, prefixes: Sequence[str]) -> bool:
     """A temporary this module makes for a file whose name starts with one of `prefixes`."""
     base, mark, pid = entry.rpartition(TEMP_MARK)
     return (entry.startswith(".") and bool(mark) and pid.isdigit() and pid.isascii()
@@ -83,11 +83,11 @@ def locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stale_temporaries(directory: Path, prefixes: Sequence[str]) -> list[str]:
+def _remove_stale_temporaries(directory: Path, prefixes: Sequence[str]) -> list[str]:
     """Temporaries of killed runs; only called under the lock, so none is in use."""
     removed = []
     for entry in sorted(os.listdir(directory)):
-        if is_temp_of(entry, prefixes):
+        if _is_temp_of(entry, prefixes):
             try:
                 os.unlink(directory / entry)
             except FileNotFoundError:
@@ -119,22 +119,20 @@ def install(directory: Path, outputs: Sequence[Output],
         raise BuildError(f"{directory} does not exist", "create it (or mount /boot)")
     prefixes = [*temp_prefixes, *(o.name for o in outputs)]
     with locked(directory):
-        try:
-            cleaned = remove_stale_temporaries(directory, prefixes)
-        except PermissionError:
-            cleaned = []  # a read-only directory: the write below says so
+        cleaned = _remove_stale_temporaries(directory, prefixes)
         check_room(directory, outputs)
         _replace(directory, outputs)
-        _checkpoint(directory)
-        left = [f"{directory / name} ({problem})" for name in obsolete()
-                if name not in {o.name for o in outputs}
-                and (problem := _remove(directory / name))]
+        gone = [n for n in obsolete() if n not in {o.name for o in outputs}]
+        if gone:  # a journal to checkpoint only when something is about to go
+            _checkpoint(directory)
+        left = [f"{directory / name} ({problem})" for name in gone
+                if (problem := _remove(directory / name))]
         _fsync_dir(directory)
     return Installed(cleaned, left)
 
 
 def _replace(directory: Path, outputs: Sequence[Output]) -> None:
-    temps = [(directory / temp_name(out.name), directory / out.name) for out in outputs]
+    temps = [(directory / _temp_name(out.name), directory / out.name) for out in outputs]
     added: list[Path] = []  # renamed under a name that did not exist before
     replaced: list[Path] = []
     try:
@@ -181,17 +179,15 @@ def _discard(paths: list[Path]) -> None:
 EXT4_IOC_CHECKPOINT = 0x4004662B
 
 
-def _checkpoint(directory: Path) -> bool:
-    """False where there is nothing to checkpoint or it is not allowed (another filesystem,
-    an older kernel, no CAP_SYS_ADMIN)."""
+def _checkpoint(directory: Path) -> None:
+    """Nothing where there is no such journal or it is not allowed (another filesystem, an
+    older kernel, no CAP_SYS_ADMIN): the removal then goes on as before."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, EXT4_IOC_CHECKPOINT, struct.pack("I", 0))
-    except OSError:
-        return False
+        with suppress(OSError):
+            fcntl.ioctl(fd, EXT4_IOC_CHECKPOINT, struct.pack("I", 0))
     finally:
         os.close(fd)
-    return True
 
 
 def _remove(path: Path) -> str | None:

@@ -58,14 +58,23 @@ def run(ui: Ui, argv: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, cwd=cwd,
             env=None if env is None else {**os.environ, **env}, check=False)
     except FileNotFoundError:
-        raise BuildError(f"{argv[0]} is not installed",
-                         f"install {PACKAGES.get(os.path.basename(argv[0]), argv[0])}") from None
+        raise _not_installed(argv) from None
     if result.returncode != 0:
-        printed = result.stdout if merge_stderr else result.stderr
-        tail = (printed or b"").decode(errors="replace").strip().splitlines()[-8:]
-        raise BuildError(f"{shlex.join(argv)} failed with exit status {result.returncode}"
-                         + ("".join(f"\n  | {line}" for line in tail) if tail else ""))
+        raise _failed(argv, result.returncode,
+                      result.stdout if merge_stderr else result.stderr)
     return result.stdout if stdout is None else b""
+
+
+def _not_installed(argv: Sequence[str]) -> BuildError:
+    return BuildError(f"{argv[0]} is not installed",
+                      f"install {PACKAGES.get(os.path.basename(argv[0]), argv[0])}")
+
+
+def _failed(argv: Sequence[str], returncode: int, printed: bytes | None) -> BuildError:
+    """The command, its exit status and the end of what it printed."""
+    tail = (printed or b"").decode(errors="replace").strip().splitlines()[-8:]
+    return BuildError(f"{shlex.join(argv)} failed with exit status {returncode}"
+                      + "".join(f"\n  | {line}" for line in tail))
 
 
 def run_bounded(ui: Ui, argv: Sequence[str], data: bytes, limit: int) -> bytes | None:
@@ -81,8 +90,7 @@ def run_bounded(ui: Ui, argv: Sequence[str], data: bytes, limit: int) -> bytes |
             proc = subprocess.Popen(list(argv), stdin=source, stdout=subprocess.PIPE,
                                     stderr=errors)
         except FileNotFoundError:
-            raise BuildError(f"{argv[0]} is not installed", f"install "
-                             f"{PACKAGES.get(os.path.basename(argv[0]), argv[0])}") from None
+            raise _not_installed(argv) from None
         assert proc.stdout is not None
         out = bytearray()
         with proc:
@@ -93,7 +101,5 @@ def run_bounded(ui: Ui, argv: Sequence[str], data: bytes, limit: int) -> bytes |
                     return None
         if proc.returncode != 0:
             errors.seek(0)
-            tail = errors.read().decode(errors="replace").strip().splitlines()[-8:]
-            raise BuildError(f"{shlex.join(argv)} failed with exit status {proc.returncode}"
-                             + "".join(f"\n  | {line}" for line in tail))
+            raise _failed(argv, proc.returncode, errors.read())
     return bytes(out)
