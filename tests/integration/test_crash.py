@@ -20,11 +20,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import cpio, initramfs, pair
+from initoverlayfs_build import pair
 from initoverlayfs_build.run import need
 from initoverlayfs_build.ui import Ui
 
-from storage_init.config import parse_config
+from tests.support import bootfiles
 from tests.unit.test_builder_install import KVER, args
 from tests.unit.test_builder_install import sysroot as sysroot
 from tests.unit.test_builder_modules import moddir as moddir
@@ -49,16 +49,12 @@ def the_pair(boot: Path) -> tuple[str, str]:
     """(the mini-initramfs's sha256, the image it names), after checking that the image is
     there and verifies against the mini-initramfs's root hash."""
     mini = (boot / pair.mini_name(KVER)).read_bytes()
-    archive = initramfs.unpacked_archive(Ui("crash", quiet=True), mini)
-    config = parse_config({e.name: e for e in cpio.read_all(archive)}
-                          ["etc/initoverlayfs.conf"].data.decode())
-    assert config.fs and config.verity_roothash and config.verity_hash_offset
+    config = bootfiles.mini_config(mini)
+    assert config.fs
     image = boot / config.fs.lstrip("/")
     assert image.is_file(), f"the mini-initramfs names {image.name}, which is not in /boot"
-    out = subprocess.run([need("veritysetup", "to verify the pair"), "verify",
-                          f"--hash-offset={config.verity_hash_offset}", str(image), str(image),
-                          config.verity_roothash], capture_output=True, text=True)
-    assert out.returncode == 0, f"{image.name} does not verify: {out.stderr}"
+    refusal = bootfiles.verity_refusal(image, config)
+    assert refusal is None, f"{image.name} does not verify: {refusal}"
     return hashlib.sha256(mini).hexdigest(), image.name
 
 
@@ -147,13 +143,6 @@ def test_trace_names_match_the_syscalls_python_makes() -> None:
     assert re.search(r"^rename\(", out.stderr, re.MULTILINE), out.stderr
 
 
-def debugfs_dump(device: Path, name: str) -> bytes | None:
-    """A file as a reader that skips the journal sees it (GRUB's ext4 reader does)."""
-    out = subprocess.run(["debugfs", "-R", f"cat /{name}", str(device)], capture_output=True,
-                         check=True)
-    return None if b"File not found" in out.stderr else out.stdout
-
-
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_a_bootloader_that_skips_the_journal_sees_the_new_pair(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpointed: bool) -> None:
@@ -176,13 +165,14 @@ def test_a_bootloader_that_skips_the_journal_sees_the_new_pair(
         subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)  # everything home first
         subprocess.run(["fsfreeze", "-u", str(mnt)], check=True)
         if not checkpointed:
-            monkeypatch.setattr("initoverlayfs_build.output._checkpoint", lambda d: False)
+            monkeypatch.setattr("initoverlayfs_build.output._checkpoint", lambda d: None)
         pair.replace(Ui("t", quiet=True), mnt, KVER, new_image, pair.image_name(KVER, "1" * 16),
                      b"new mini")
-        seen = debugfs_dump(fs, pair.mini_name(KVER))
+        seen = bootfiles.ext4_file(fs, pair.mini_name(KVER))
         assert seen == (b"new mini" if checkpointed else b"old mini")
         if checkpointed:
-            assert debugfs_dump(fs, pair.image_name(KVER, "1" * 16)) == new_image.read_bytes()
+            new = bootfiles.ext4_file(fs, pair.image_name(KVER, "1" * 16))
+            assert new == new_image.read_bytes()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
 

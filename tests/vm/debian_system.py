@@ -234,21 +234,6 @@ def partition(disk: Path, number: int, out: Path) -> Path:
     return out
 
 
-def ext4_file(fs: Path, name: str) -> bytes | None:
-    """A file of an ext4 filesystem image as debugfs reads it: without replaying the
-    journal, as GRUB reads /boot. None when it is not there."""
-    out = subprocess.run(["debugfs", "-R", f"cat /{name}", str(fs)], capture_output=True,
-                         check=True)
-    return None if b"File not found" in out.stderr else out.stdout
-
-
-def replay_journal(fs: Path) -> None:
-    """What the kernel does when it mounts the filesystem: replay its journal (only)."""
-    out = subprocess.run(["e2fsck", "-f", "-y", "-E", "journal_only", str(fs)],
-                         capture_output=True, text=True)
-    assert out.returncode in (0, 1), out.stdout + out.stderr  # 1: corrected (replayed)
-
-
 def _size_mb(tree: Path) -> int:
     out = subprocess.run(["du", "-sm", "--apparent-size", str(tree)], check=True,
                          capture_output=True, text=True).stdout

@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import cpio, initramfs, pair
+from initoverlayfs_build import initramfs, pair
 from initoverlayfs_build.ui import Ui
 
-from storage_init.config import parse_config
 from storage_init.steps import SYSTEMD, steps_for
+from tests.support import bootfiles
 
 from . import debian_system
 from .debian_system import BOOT_UUID, ROOT_UUID, System, chroot, parse_report
@@ -291,21 +291,17 @@ def test_a_power_cut_while_the_pair_is_replaced_leaves_a_disk_that_boots(
           f"build had {'finished' if completed else 'not finished'}")
 
     boot_fs = debian_system.partition(disk, 1, work / "power-cut-boot.ext4")
-    mini = debian_system.ext4_file(boot_fs, f"initramfs-{system.kver}.img")
+    mini = bootfiles.ext4_file(boot_fs, f"initramfs-{system.kver}.img")
     assert mini is not None, "no mini-initramfs on /boot for the bootloader"
     (work / "power-cut-mini.img").write_bytes(mini)
-    archive = initramfs.unpacked_archive(Ui("test", quiet=True), mini)
-    config = parse_config({e.name: e for e in cpio.read_all(archive)}
-                          ["etc/initoverlayfs.conf"].data.decode())
-    assert config.fs and config.verity_roothash and config.verity_hash_offset, config
-    debian_system.replay_journal(boot_fs)
-    image = debian_system.ext4_file(boot_fs, config.fs.lstrip("/"))
+    config = bootfiles.mini_config(mini)
+    assert config.fs, config
+    bootfiles.replay_journal(boot_fs)
+    image = bootfiles.ext4_file(boot_fs, config.fs.lstrip("/"))
     assert image is not None, f"the kernel would not find {config.fs}"
     (work / "power-cut-image.img").write_bytes(image)
-    verify = subprocess.run(["veritysetup", "verify", f"--hash-offset={config.verity_hash_offset}",
-                             str(work / "power-cut-image.img"), str(work / "power-cut-image.img"),
-                             config.verity_roothash], capture_output=True, text=True)
-    assert verify.returncode == 0, verify.stderr
+    refusal = bootfiles.verity_refusal(work / "power-cut-image.img", config)
+    assert refusal is None, refusal
 
     after = boot(VmSpec(system.vmlinuz, work / "power-cut-mini.img", disk,
                         append=f"root=UUID={ROOT_UUID} ro", memory_mb=1024,
