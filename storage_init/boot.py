@@ -189,7 +189,7 @@ class Boot:
                             else f"wait up to {s.timeout if s else 30.0:g} s for "
                             f"{s.bootfs if s else '?'} (hint: {hint}), "
                             "loading drivers by modalias (--systemd: udevd does)"),
-            "init": " then ".join(filter(None, (s.init if s else None, "/sbin/init"))),
+            "init": " then ".join(filter(None, (s.init if s else None, "/init", "/sbin/init"))),
         }
 
     def run_step(self, step: Step) -> None:

@@ -76,7 +76,7 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int
         ("network", str(s.network) if s.network else "(none: the bootfs is local)"),
         ("bootfstype", s.bootfstype or "(from the superblock)"),
         ("image", s.image_path), ("fstype", s.fstype), ("udev_trigger", " ".join(s.subsystems)),
-        ("timeout", f"{s.timeout:g} s"), ("init", s.init or "/sbin/init"),
+        ("timeout", f"{s.timeout:g} s"), ("init", s.init or "/init, else /sbin/init"),
         ("verity", f"root hash {s.verity.root_hash}" if s.verity else "off: unverified image"),
         ("debug", "on" if flag(params, DEBUG) else "off"),
         ("on failure", f"rd.shell={'yes' if policy.shell else 'no'}, "

@@ -35,7 +35,9 @@ API_MOUNTS = (
     ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755", "CONFIG_DEVTMPFS"),
     ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755", "CONFIG_TMPFS"),
 )
-INIT_CANDIDATES = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
+# The image holds an initramfs's content, whose first program is /init (what the kernel runs
+# from an initramfs: dracut's systemd, initramfs-tools' script); then the real root's places.
+INIT_CANDIDATES = ("/init", "/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
 
 
 @record(frozen=True)

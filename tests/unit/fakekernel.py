@@ -87,7 +87,7 @@ class FakeKernel:
     kinds: dict[str, int] = field(default_factory=dict)  # S_IFMT of a file when not S_IFREG
     dirs: set[str] = field(default_factory=lambda: {"/"})
     links: dict[str, str] = field(default_factory=dict)
-    executables: set[str] = field(default_factory=lambda: {"/sbin/init"})
+    executables: set[str] = field(default_factory=lambda: {"/init"})
     # contents that appear under a mount target when this source is mounted
     filesystems: dict[str, dict[str, bytes]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)

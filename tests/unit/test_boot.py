@@ -63,7 +63,7 @@ HAPPY_MOUNTS = [
     ("chroot", "."),
     ("chdir", "/"),
     ("remove_tree_contents", 1),  # by PID 1 itself, before the exec: no child to fork
-    ("execve", "/sbin/init", ["/sbin/init"]),
+    ("execve", "/init", ["/init"]),
 ]
 SEQUENCE_KINDS = ("mount", "umount", "finit_module", "ioctl", "chdir", "chroot", "fork",
                   "remove_tree_contents", "execve", "reboot", "close")
@@ -125,7 +125,7 @@ def test_unknown_cmdline_words_reach_init_untouched(machine: Machine) -> None:
     machine.cmdline("quiet splash single systemd.unit=rescue.target -- --weird")
     result = machine.boot(["/init", "single", "--weird", "--systemd"])
     assert isinstance(result, Executed)
-    assert result.argv == ["/sbin/init", "single", "--weird", "--systemd"]
+    assert result.argv == ["/init", "single", "--weird", "--systemd"]
     assert result.env == {"TERM": "linux"}
 
 
@@ -319,7 +319,7 @@ def test_init_missing_tries_every_candidate(machine: Machine) -> None:
     machine.cmdline("rd.emergency=poweroff init=/usr/lib/systemd/systemd")
     result = machine.boot()
     execs = [c[1] for c in machine.k.recorded("execve")]
-    assert execs == ["/usr/lib/systemd/systemd", "/sbin/init", "/etc/init", "/bin/init",
+    assert execs == ["/usr/lib/systemd/systemd", "/init", "/sbin/init", "/etc/init", "/bin/init",
                      "/bin/sh"]
     assert "start init: tried /usr/lib/systemd/systemd (No such file or directory)" in (
         failure_line(machine))
