@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from storage_init.verity import HASH_MODULE
 
 from . import (
     compress,
+    content,
     cpio,
     dracut,
     elf,
@@ -28,6 +30,7 @@ from . import (
     freeze,
     fstab,
     initramfs,
+    installconf,
     kmods,
     mini,
     output,
@@ -67,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mini-with", choices=("cpio", "dracut"), default="cpio",
                    help="make the mini-initramfs with our own cpio writer (default: smaller, "
                         "no dracut needed) or with dracut and the initoverlayfs dracut module")
+    p.add_argument("--no-config", action="store_true",
+                   help="ignore /etc/initoverlayfs/install.conf and install.conf.d/*.conf "
+                        "(shell words read before these arguments, for every build)")
     p.add_argument("--sysroot", type=Path, default=Path("/"),
                    help="read modules, fstab and config and write the images under this "
                         "directory (default: /)")
@@ -208,8 +214,25 @@ def read_config(ui: Ui, etc_dir: Path) -> tuple[str | None, dict[str, str]]:
     return text, {key: value for _, key, value in config_lines(text)}
 
 
+def in_chroot() -> bool:
+    """Whether this process's / is not PID 1's (a chroot, an image builder): the disks seen
+    here are then the build machine's, not the target's. As Debian's ischroot decides."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root")
+    except OSError:
+        return False  # no /proc, or not allowed to look: nothing says it is one
+    return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
+
+
 def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
-    """Drivers of the device under /boot on this machine, or None when it cannot be told."""
+    """Drivers of the device under /boot on this machine, or None when it cannot be told:
+    in a chroot, or when /boot is on a device with no disk under it (a loop device, as in an
+    image builder). None means the common storage drivers: a choice that cannot miss the
+    disk, where the host-only one would have shipped no driver and stopped the boot at
+    "block devices seen: none"."""
+    if in_chroot():
+        ui.info("host-only: running in a chroot, where the target's boot disk cannot be seen")
+        return None
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text()
     except OSError:
@@ -222,6 +245,10 @@ def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
         drivers, aliases = kmods.device_drivers(Path("/sys"), devnum)
     except BuildError as exc:
         ui.warning(str(exc))
+        return None
+    if not drivers and not aliases:
+        ui.info(f"host-only: /boot is on {devnum}, a device with no disk under it (a loop "
+                "or device-mapper device, as in an image builder)")
         return None
     names = [*drivers]
     for alias in aliases:
@@ -296,8 +323,8 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
         hostonly = args.hostonly if args.hostonly is not None else sysroot == Path("/")
         drivers = host_modules(ui, index) if hostonly else None
     if hostonly and drivers is None:
-        ui.warning("host-only: cannot tell which device holds /boot; including the common "
-                   "storage drivers instead")
+        ui.warning("host-only: cannot tell which disk holds /boot; including the common "
+                   "storage drivers instead (--drivers names them for known hardware)")
     if drivers is None:
         drivers = kmods.generic_drivers()
     extra = args.add_drivers.split()
@@ -351,6 +378,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
             tree.mkdir()
             with ui.step(f"unpacking {len(unpacked.entries)} entries of the source initramfs"):
                 initramfs.extract(ui, unpacked.entries, tree)
+            content.adapt(ui, tree)
         image = workdir / "image.erofs"
         epoch = source_date_epoch()
         erofs.make_image(ui, tree, image, compression=compression, kver=kver, epoch=epoch)
@@ -449,9 +477,30 @@ def _read(path: Path, why: str) -> str:
                          "write /etc/initoverlayfs.conf yourself (see README)") from None
 
 
+def with_config(argv: list[str]) -> tuple[list[str], list[tuple[Path, list[str]]]]:
+    """argv after the words of the install config files under the sysroot it names (none
+    with --no-config), and those files with their words."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--sysroot", type=Path, default=Path("/"))
+    early.add_argument("--no-config", action="store_true")
+    known, _ = early.parse_known_args(argv)
+    if known.no_config:
+        return argv, []
+    found = installconf.arguments(known.sysroot)
+    return [word for _, words in found for word in words] + argv, found
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    try:
+        full, found = with_config(given)
+    except BuildError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    args = parse_args(full)
     ui = Ui(PROG, debug=args.debug, quiet=args.quiet)
+    for path, words in found:
+        ui.info(f"arguments from {path}: {shlex.join(words)}")
     try:
         result = build(ui, args)
     except BuildError as exc:

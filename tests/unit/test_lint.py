@@ -33,6 +33,9 @@ def test_shell_scripts_are_shellcheck_clean() -> None:
     scripts = [
         "packaging/install-tree", "packaging/kernel-install/50-initoverlayfs.install",
         "packaging/dracut/90initoverlayfs/module-setup.sh",
+        *(str(p.relative_to(REPO)) for d in ("debian-hooks", "grub", "deb")
+          for p in sorted((REPO / "packaging" / d).iterdir())
+          if p.read_bytes().startswith(b"#!/bin/sh")),
         *(str(p.relative_to(REPO)) for p in sorted((REPO / "scripts").iterdir())
           if p.read_bytes().startswith(b"#!/usr/bin/env bash")),
     ]

@@ -19,6 +19,7 @@ def main() -> int:
     print("building: frozen storage-init, Debian cloud kernel images, the disk ...", flush=True)
     artifacts = scenarios.build(OUT, ("cloud",), network=False)
     spec = artifacts.spec(scenarios.DEFAULT)
+    assert spec.kernel is not None  # QEMU loads the kernel (scenarios.py)
     print(f"booting {spec.kernel.name} in QEMU ({'KVM' if kvm_works() else 'TCG, no KVM'}), "
           f"{spec.interface} disk ...", flush=True)
     run = boot(spec)

@@ -49,8 +49,8 @@ def kvm_works() -> bool:
 
 @dataclass(frozen=True)
 class VmSpec:
-    kernel: Path
-    initrd: Path
+    kernel: Path | None  # None: the firmware boots the disk (its bootloader), as a machine does
+    initrd: Path | None
     disk: Path | None  # None: no disk (a bootfs on the network)
     interface: str = "virtio-blk"
     append: str = ""
@@ -64,6 +64,7 @@ class VmSpec:
     late_disk: float | None = None
     qmp: Path | None = None  # the QMP socket, for late_disk
     snapshot: bool = True  # False: the guest's writes reach the disk file (a power-cut test)
+    reboot: bool = False  # True: a reboot restarts the machine (only a power-off ends QEMU)
 
     def command(self) -> list[str]:
         qemu = shutil.which("qemu-system-x86_64")
@@ -72,10 +73,12 @@ class VmSpec:
                                     "qemu-system-x86 (scripts/setup does)")
         accel = (["-accel", "kvm", "-cpu", "host"] if kvm_works() else
                  ["-accel", "tcg", *(["-cpu", self.cpu] if self.cpu else [])])
+        direct = [] if self.kernel is None else [
+            "-kernel", str(self.kernel), *(["-initrd", str(self.initrd)] if self.initrd else []),
+            "-append", f"console=ttyS0 panic=-1 {self.append}".strip()]
         return [qemu, "-machine", "q35", *accel, "-m", str(self.memory_mb), "-smp", "1",
-                "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
-                "-nodefaults", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
-                "-append", f"console=ttyS0 panic=-1 {self.append}".strip(),
+                "-display", "none", "-serial", "stdio", "-monitor", "none",
+                *([] if self.reboot else ["-no-reboot"]), "-nodefaults", *direct,
                 *self._disk(), *self.devices]
 
     def _disk(self) -> list[str]:

@@ -166,10 +166,19 @@ def test_packages_build_and_ship_every_part(packages: dict[str, Path]) -> None:
                      *(f"/usr/lib/systemd/system/{unit}" for unit in UNITS)):
             assert path in listing, (path, listing)
         assert "initoverlayfs_build/install.py" in listing and "storage_init/mounts.py" in listing
+    # Debian's own hooks (Fedora's kernel-install and BLS entries need none of these)
+    for path in ("/etc/kernel/postinst.d/z50-initoverlayfs",
+                 "/etc/kernel/postrm.d/z50-initoverlayfs",
+                 "/etc/initramfs/post-update.d/initoverlayfs", "/etc/grub.d/09_initoverlayfs",
+                 "/usr/lib/initoverlayfs/kernel-hook", "/usr/lib/initoverlayfs/grub-entries",
+                 "/usr/sbin/initoverlayfs-boot", "/etc/initoverlayfs/install.conf",
+                 "/usr/lib/systemd/system/multi-user.target.wants/initoverlayfs-boot-good.service"):
+        assert path in deb, (path, deb)
 
 
 def test_units_pass_systemd_analyze_verify_in_the_installed_system(system: System) -> None:
-    paths = " ".join(f"/usr/lib/systemd/system/{unit}" for unit in UNITS)
+    paths = " ".join(f"/usr/lib/systemd/system/{unit}"
+                     for unit in (*UNITS, "initoverlayfs-boot-good.service"))
     out = chroot(system.root, f"systemd-analyze verify {paths} 2>&1; echo exit=$?")
     assert out.strip().splitlines()[-1] == "exit=0", out
     assert "initoverlayfs" not in out.replace("exit=0", ""), out  # no complaint about ours

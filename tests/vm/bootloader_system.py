@@ -1,0 +1,272 @@
+"""A Debian 12 machine that boots as users' machines do: SeaBIOS, then GRUB from the disk's
+BIOS boot partition, never QEMU's -kernel. initramfs-tools makes its classic initramfs.
+
+Made in two stages, like an image builder makes a disk: the disk with GRUB installed
+(grub-install and update-grub run in a chroot on loop devices over the disk's partitions,
+cached by content), then per test our .deb installed with apt in that chroot and the kernel
+reinstalled with apt, so Debian's own hooks build the pair. The chroot is where a build
+cannot see the target's boot disk, which is what the builder's driver choice must survive.
+
+The disk file lives on a tmpfs (/dev/shm): grub-probe follows a loop device to its backing
+file and, for a file on a block device, to that device (the host's disk), and then gives up;
+on a tmpfs there is no device to follow. Inside the chroot /dev/disk/by-uuid is made for the
+loop devices (no udev runs there), so 10_linux names the root by UUID as on a machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import debian_system
+from .debian_system import BOOT_UUID, ROOT_UUID
+
+CACHE = debian_system.REPO / ".cache" / "bootloader-system"
+# debian_system's base (debootstrap, systemd, the kernel) with initramfs-tools in place of
+# dracut and GRUB for BIOS; the kernel's .deb stays in apt's cache, for the reinstall
+PACKAGES = ("initramfs-tools", "grub-pc")
+BIOS_MB, BOOT_MB = 1, 384
+GRUB_DEFAULTS = """
+# initoverlayfs tests: the menu and the kernel on the serial console
+GRUB_TIMEOUT=1
+GRUB_TERMINAL=serial
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_CMDLINE_LINUX="console=ttyS0"
+"""
+REPORT = "/usr/local/sbin/initoverlayfs-test-report"
+ACTION = "/root/initoverlayfs-test-action"  # what the report does after reporting, once
+REPORT_SCRIPT = r"""#!/bin/sh
+# What the test checks, once the system is up (after initoverlayfs-boot-good.service); then
+# the action left in ACTION (once), and power off.
+state=$(systemctl is-system-running --wait)
+say() { echo "REPORT $*" > /dev/console; }
+say "state=$state"
+say "storage-init=$(journalctl -k -b -o cat | grep -c 'storage-init: [0-9]* steps in')"
+say "grubenv=$(grub-editenv /boot/grub/grubenv list | grep initoverlayfs_boot | tr -d '\n')"
+say "boot-status=$(initoverlayfs-boot status 2>&1 | tr '\n' ' ')"
+journalctl -b -o cat -u initoverlayfs-boot-good.service | while read -r line; do
+    say "good-unit=$line"; done
+say "boot=$(findmnt -n -o SOURCE,OPTIONS /boot)"
+say "boot-files=$(ls /boot | tr '\n' ' ')"
+say "entries=$(grep -c '^menuentry' /boot/grub/grub.cfg)"
+say "our-entries=$(grep -c 'with initoverlayfs' /boot/grub/grub.cfg)"
+systemctl --failed --no-legend --plain | while read -r unit _; do say "failed=$unit"; done
+say "multi-user-us=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
+if [ -e ACTION ]; then
+    action=$(cat ACTION)
+    rm -f ACTION
+    say "action=$action"
+    sh -c "$action" > /dev/console 2>&1
+    say "action-exit=$?"
+    sync
+    say "END"
+    systemctl reboot
+    exit 0
+fi
+say "END"
+systemctl poweroff
+""".replace("ACTION", ACTION)
+REPORT_UNIT = f"""[Unit]
+Description=initoverlayfs test: report the boot on the console, then power off
+After=multi-user.target initoverlayfs-boot-good.service
+
+[Service]
+Type=simple
+ExecStart={REPORT}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Partition offsets and sizes in bytes."""
+    boot: tuple[int, int]
+    root: tuple[int, int]
+
+
+def base_key() -> str:
+    text = "\n".join([debian_system.base_key(), *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v1"])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def layout(disk: Path) -> Layout:
+    info = subprocess.run(["sgdisk", "-p", str(disk)], check=True, capture_output=True,
+                          text=True).stdout
+    rows = {int(m.group(1)): (int(m.group(2)), int(m.group(3)))
+            for m in re.finditer(r"^\s+(\d+)\s+(\d+)\s+(\d+)", info, re.M)}
+    (b0, b1), (r0, r1) = rows[2], rows[3]
+    return Layout((b0 * 512, (b1 - b0 + 1) * 512), (r0 * 512, (r1 - r0 + 1) * 512))
+
+
+def _loop(disk: Path, span: tuple[int, int] | None = None) -> str:
+    extra = [] if span is None else ["-o", str(span[0]), "--sizelimit", str(span[1])]
+    return subprocess.run(["losetup", "-f", "--show", *extra, str(disk)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def loops(disk: Path) -> Iterator[tuple[str, str, str]]:
+    """(whole disk, /boot, root) loop devices, detached at the end."""
+    parts = layout(disk)
+    made: list[str] = []
+    try:
+        for span in (None, parts.boot, parts.root):
+            made.append(_loop(disk, span))
+        yield made[0], made[1], made[2]
+    finally:
+        for device in made:
+            subprocess.run(["losetup", "-d", device], check=False)
+
+
+def in_chroot(disk: Path, command: str, timeout: float = 1200) -> str:
+    """Run a shell command in the disk's root with its /boot, /proc, /sys, /dev, and
+    /dev/disk/by-uuid for its two filesystems, in a private mount namespace."""
+    with loops(disk) as (whole, boot, root), tempfile.TemporaryDirectory() as mnt:
+        script = f"""set -e
+mount {root} {mnt}
+mount {boot} {mnt}/boot
+mount -t proc proc {mnt}/proc
+mount -t sysfs sysfs {mnt}/sys
+mount --rbind /dev {mnt}/dev
+mkdir -p {mnt}/dev/disk/by-uuid 2>/dev/null || true
+mount -t tmpfs tmpfs {mnt}/dev/disk/by-uuid
+ln -s {boot} {mnt}/dev/disk/by-uuid/{BOOT_UUID}
+ln -s {root} {mnt}/dev/disk/by-uuid/{ROOT_UUID}
+exec chroot {mnt} /bin/sh -c "$0"
+"""
+        result = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+             command.replace("@DISK@", whole)],
+            capture_output=True, text=True, check=False, timeout=timeout,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                 "DEBIAN_FRONTEND": "noninteractive"})
+    if result.returncode != 0:
+        raise RuntimeError(f"in the disk's chroot: {command}\nexit {result.returncode}\n"
+                           f"{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def base_disk() -> Path:
+    """The disk with Debian, its classic initramfs and GRUB installed, cached by content."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    done = CACHE / f"{base_key()}.img"
+    with (CACHE / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return done
+        for stale in CACHE.glob("*.img"):
+            stale.unlink()
+        work = Path(tempfile.mkdtemp(prefix="base-", dir="/dev/shm"))
+        try:
+            root = work / "root"
+            subprocess.run(["cp", "-a", str(debian_system.base_root()), str(root)], check=True)
+            (root / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+                                            f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
+            (root / "etc/hostname").write_text("initoverlayfs-grub\n")
+            # dracut's base: initramfs-tools replaces it (they conflict), and its trigger
+            # makes the classic initrd.img-KVER
+            debian_system.chroot(root, "apt-get update -q && apt-get install -y -q "
+                                 "--no-install-recommends " + " ".join(PACKAGES) + " && "
+                                 "apt-get install -y -q --reinstall --download-only "
+                                 "linux-image-$(ls /lib/modules)")
+            with (root / "etc/default/grub").open("a") as grub:
+                grub.write(GRUB_DEFAULTS)
+            disk = make_disk(work, root)
+            in_chroot(disk, "grub-install --target=i386-pc --modules='part_gpt ext2' @DISK@ "
+                            "&& update-grub")
+            partial = done.with_suffix(".partial")
+            subprocess.run(["cp", "--sparse=always", str(disk), str(partial)], check=True)
+            partial.rename(done)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return done
+
+
+def make_disk(work: Path, root: Path) -> Path:
+    """GPT: 1 BIOS boot (GRUB's core), 2 the ext4 /boot, 3 the ext4 root."""
+    boot_tree = work / "boot-tree"
+    shutil.move(root / "boot", boot_tree)
+    (root / "boot").mkdir()
+    try:
+        root_mb = debian_system._size_mb(root) * 5 // 4 + 768
+        images = []
+        for name, tree, uuid, size in (("boot", boot_tree, BOOT_UUID, BOOT_MB),
+                                       ("root", root, ROOT_UUID, root_mb)):
+            image = work / f"{name}.ext4"
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-L", name, "-d", str(tree),
+                            str(image), f"{size}M"], check=True, capture_output=True)
+            images.append(image)
+    finally:
+        (root / "boot").rmdir()
+        shutil.move(boot_tree, root / "boot")
+    disk = work / "disk.img"
+    with disk.open("wb") as f:
+        f.truncate((BIOS_MB + BOOT_MB + root_mb + 4) << 20)
+    subprocess.run(["sgdisk", "-o", "-n", f"1:2048:+{BIOS_MB}M", "-t", "1:ef02", "-c", "1:bios",
+                    "-n", f"2:0:+{BOOT_MB}M", "-t", "2:8300", "-c", "2:boot",
+                    "-n", f"3:0:+{root_mb}M", "-t", "3:8300", "-c", "3:root", str(disk)],
+                   check=True, capture_output=True)
+    parts = layout(disk)
+    for image, (offset, _) in zip(images, (parts.boot, parts.root), strict=True):
+        subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
+                        f"seek={offset}", "conv=notrunc,sparse", "status=none"], check=True)
+        image.unlink()
+    return disk
+
+
+def installed_disk(work: Path, package: Path) -> tuple[Path, str]:
+    """A copy of the base disk in `work` (on a tmpfs) with the .deb installed by apt and the
+    kernel reinstalled by apt; and what apt printed."""
+    disk = work / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(base_disk()), str(disk)], check=True)
+    with loops(disk) as (_, _, root), tempfile.TemporaryDirectory() as mnt:
+        subprocess.run(["mount", root, mnt], check=True)
+        try:
+            shutil.copy(package, Path(mnt) / "tmp" / package.name)
+            script = Path(mnt) / REPORT.lstrip("/")
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text(REPORT_SCRIPT)
+            script.chmod(0o755)
+            unit = Path(mnt) / "etc/systemd/system/initoverlayfs-test-report.service"
+            unit.write_text(REPORT_UNIT)
+            wants = Path(mnt) / "etc/systemd/system/multi-user.target.wants"
+            wants.mkdir(exist_ok=True)
+            (wants / unit.name).symlink_to(f"../{unit.name}")
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+    log = in_chroot(disk, f"apt-get install -y /tmp/{package.name} && rm /tmp/{package.name}"
+                          " && apt-get install -y --reinstall "
+                          "linux-image-$(ls /lib/modules | head -1)")
+    return disk, log
+
+
+def read_boot_file(disk: Path, name: str) -> bytes:
+    """A file of the disk's /boot, read through a read-only loop mount."""
+    with loops(disk) as (_, boot, _), tempfile.TemporaryDirectory() as mnt:
+        subprocess.run(["mount", "-o", "ro", boot, mnt], check=True)
+        try:
+            return (Path(mnt) / name).read_bytes()
+        finally:
+            subprocess.run(["umount", mnt], check=True)
+
+
+def edit_disk(disk: Path, edit: str) -> str:
+    """Run a shell command with the disk's root mounted at $ROOT and /boot at $ROOT/boot."""
+    with loops(disk) as (_, boot, root), tempfile.TemporaryDirectory() as mnt:
+        script = (f"set -e; mount {root} {mnt}; mount {boot} {mnt}/boot; "
+                  f"ROOT={mnt}; trap 'umount {mnt}/boot {mnt}' EXIT; {edit}")
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                                check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"editing the disk: {edit}\n{result.stdout}\n{result.stderr}")
+    return result.stdout
