@@ -46,6 +46,11 @@ PROG = "initoverlayfs-install"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line, for --help and initoverlayfs-install(8) alike."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Build /boot/initramfs-KVER.img (the mini-initramfs: storage-init, storage "
@@ -120,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "refuses an image that is not the one built with it)")
     p.add_argument("--debug", action="store_true", help="show each external command as run")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
-    return p.parse_args(argv)
+    return p
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,18 @@ def test_packages_build_and_ship_every_part(packages: dict[str, Path]) -> None:
         assert path in deb, (path, deb)
 
 
+def test_packages_have_no_lintian_or_rpmlint_error(packages: dict[str, Path]) -> None:
+    lintian = subprocess.run(["lintian", "--fail-on", "error,warning", "--suppress-tags",
+                              # the frozen storage-init is Nuitka's output, linked as it links
+                              "hardening-no-pie", str(packages["deb"])],
+                             capture_output=True, text=True, check=False)
+    assert lintian.returncode == 0, lintian.stdout + lintian.stderr
+    rpmlint = subprocess.run(["rpmlint", "-c", str(REPO / "packaging/rpm/rpmlint.toml"),
+                              str(packages["rpm"])], capture_output=True, text=True, check=False)
+    assert rpmlint.returncode == 0 and " 0 errors" in rpmlint.stdout, rpmlint.stdout
+    assert "E:" not in rpmlint.stdout, rpmlint.stdout
+
+
 def test_units_pass_systemd_analyze_verify_in_the_installed_system(system: System) -> None:
     paths = " ".join(f"/usr/lib/systemd/system/{unit}"
                      for unit in (*UNITS, "initoverlayfs-boot-good.service"))
