@@ -65,7 +65,7 @@ def stat_result(dev: int, ino: int) -> os.stat_result:
 def test_in_a_chroot_the_common_drivers_are_chosen(mocker: MockerFixture) -> None:
     # / and PID 1's root differ: the disks seen are the build machine's
     stats = {"/": stat_result(2049, 7), "/proc/1/root": stat_result(2049, 2)}
-    mocker.patch.object(install.os, "stat", side_effect=lambda p: stats[str(p)])
+    mocker.patch("os.stat", side_effect=lambda p: stats[str(p)])
     assert install.in_chroot()
     assert install.host_modules(UI, mocker.Mock()) is None
     stats["/proc/1/root"] = stats["/"]
