@@ -16,8 +16,10 @@ loop devices (no udev runs there), so 10_linux names the root by UUID as on a ma
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -49,7 +51,8 @@ REPORT_SCRIPT = r"""#!/bin/sh
 state=$(systemctl is-system-running --wait)
 say() { echo "REPORT $*" > /dev/console; }
 say "state=$state"
-say "storage-init=$(journalctl -k -b -o cat | grep -c 'storage-init: [0-9]* steps in')"
+say "storage-init=$(dmesg | grep -c 'storage-init: [0-9]* steps in')"
+say "storage-init-journal=$(journalctl -b -o cat | grep -c 'storage-init: [0-9]* steps in')"
 say "grubenv=$(grub-editenv /boot/grub/grubenv list | grep initoverlayfs_boot | tr -d '\n')"
 say "boot-status=$(initoverlayfs-boot status 2>&1 | tr '\n' ' ')"
 journalctl -b -o cat -u initoverlayfs-boot-good.service | while read -r line; do
@@ -95,7 +98,7 @@ class Layout:
 
 
 def base_key() -> str:
-    text = "\n".join([debian_system.base_key(), *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v1"])
+    text = "\n".join([debian_system.base_key(), *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v2"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -108,10 +111,36 @@ def layout(disk: Path) -> Layout:
     return Layout((b0 * 512, (b1 - b0 + 1) * 512), (r0 * 512, (r1 - r0 + 1) * 512))
 
 
+LOOP_CTL_ADD = 0x4C80
+FIRST_LOOP = 100
+
+
 def _loop(disk: Path, span: tuple[int, int] | None = None) -> str:
+    """A loop device numbered 100 or more over the disk (or one partition of it).
+
+    grub-mkconfig's library takes /dev/loop0../dev/loop9 (one digit) for a disk image to be
+    opened with GRUB's `loopback` at boot, and writes that into every entry; a machine's
+    disk is never that, so the devices here are numbered out of that pattern. The kernel
+    makes each (/dev/loop-control's LOOP_CTL_ADD; devtmpfs adds the node)."""
     extra = [] if span is None else ["-o", str(span[0]), "--sizelimit", str(span[1])]
-    return subprocess.run(["losetup", "-f", "--show", *extra, str(disk)], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    control = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        for number in range(FIRST_LOOP, FIRST_LOOP + 200):
+            if Path(f"/sys/block/loop{number}/loop/backing_file").exists():
+                continue  # in use
+            try:
+                fcntl.ioctl(control, LOOP_CTL_ADD, number)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+            device = f"/dev/loop{number}"
+            done = subprocess.run(["losetup", *extra, device, str(disk)],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                return device
+    finally:
+        os.close(control)
+    raise RuntimeError(f"no free loop device from /dev/loop{FIRST_LOOP} on")
 
 
 @contextlib.contextmanager

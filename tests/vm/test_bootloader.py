@@ -27,7 +27,7 @@ from initoverlayfs_build import cpio, initramfs, pair
 from initoverlayfs_build.ui import Ui
 
 from .bootloader_system import ACTION, edit_disk, installed_disk, read_boot_file
-from .debian_system import parse_report
+from .debian_system import BOOT_UUID, parse_report
 from .qemu import BootResult, VmSpec, boot
 
 pytestmark = pytest.mark.vm
@@ -118,6 +118,9 @@ def test_apt_install_builds_the_pair_and_grub_boots_it_by_default(
     assert f"initrd\t/initramfs-{kver}.img" in bodies[0]
     assert f"initrd\t/initrd.img-{kver}" in bodies[1]  # the classic one, next
     assert "set fallback=1" in grub
+    # /boot found by its UUID, as on a machine (not through the image builder's loop device)
+    assert f"search --no-floppy --fs-uuid --set=root {BOOT_UUID}" in bodies[0], bodies[0]
+    assert "loopback" not in grub, grub
 
 
 def test_the_default_entry_boots_through_initoverlayfs_and_is_marked_good(
