@@ -5,7 +5,7 @@ multi-user.target through initoverlayfs's GRUB entry and through the distributio
 boot from the same disk (a snapshot), timed by guest instructions (-icount) unless --tcg.
 GRUB reads each initrd from the disk here, so a larger initrd costs its load as on hardware.
 
-    scripts/benchmark-bootloader [--boots 5] [--tcg]
+    scripts/benchmark-bootloader [--boots 5] [--suite bookworm|trixie] [--tcg]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/benchmark-bootloader",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--boots", type=int, default=5, help="boots of each way (default 5)")
+    parser.add_argument("--suite", choices=list(bootloader_system.SUITES), default="bookworm",
+                        help="the Debian version (default bookworm, Debian 12)")
     parser.add_argument("--tcg", action="store_true",
                         help="plain TCG time instead of instructions (noisier)")
     args = parser.parse_args(argv)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         out = subprocess.run([str(REPO / "scripts/package"), "--out", str(work / "dist")],
                              capture_output=True, text=True, check=True)
         deb = Path(out.stdout.split()[0])
-        disk, _ = bootloader_system.installed_disk(work, deb)
+        disk, _ = bootloader_system.installed_disk(work, deb, args.suite)
         classic = work / "classic.img"
         subprocess.run(["cp", "--sparse=always", str(disk), str(classic)], check=True)
         bootloader_system.in_chroot(classic, "initoverlayfs-boot off")
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_ + 1} {way}: multi-user.target at {seconds:.2f} s",
                       flush=True)
         medians = {way: statistics.median(values) for way, values in times.items()}
-        print(f"\nDebian 12, kernel {kver}, SeaBIOS + GRUB from the disk, "
+        print(f"\n{bootloader_system.SUITES[args.suite]}, kernel {kver}, SeaBIOS + GRUB "
+              "from the disk, "
               f"{'plain TCG' if args.tcg else 'by instructions (' + ' '.join(ICOUNT) + ')'}, "
               f"{args.boots} interleaved boots each\n")
         print("| way | initrd GRUB loads (bytes) | multi-user.target, median (min-max) |")

@@ -1,4 +1,4 @@
-"""A Debian 12 machine that boots as users' machines do: SeaBIOS, then GRUB from the disk's
+"""Debian 12 and 13 machines that boot as users' machines do: SeaBIOS, then GRUB from the disk's
 BIOS boot partition, never QEMU's -kernel. initramfs-tools makes its classic initramfs.
 
 Made in two stages, like an image builder makes a disk: the disk with GRUB installed
@@ -32,9 +32,12 @@ from . import debian_system
 from .debian_system import BOOT_UUID, ROOT_UUID
 
 CACHE = debian_system.REPO / ".cache" / "bootloader-system"
-# debian_system's base (debootstrap, systemd, the kernel) with initramfs-tools in place of
-# dracut and GRUB for BIOS; the kernel's .deb stays in apt's cache, for the reinstall
+# Debian 12 starts from debian_system's base (debootstrap, systemd, the kernel), Debian 13
+# from its own debootstrap; both get initramfs-tools (in place of dracut) and GRUB for BIOS.
+# The kernel's .deb stays in apt's cache, for the reinstall.
+SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
 PACKAGES = ("initramfs-tools", "grub-pc")
+TRIXIE_PACKAGES = ("linux-image-amd64", "erofs-utils", "lz4", "zstd", "python3")
 BIOS_MB, BOOT_MB = 1, 384
 GRUB_DEFAULTS = """
 # initoverlayfs tests: the menu and the kernel on the serial console
@@ -97,9 +100,29 @@ class Layout:
     root: tuple[int, int]
 
 
-def base_key() -> str:
-    text = "\n".join([debian_system.base_key(), *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v2"])
+def base_key(suite: str) -> str:
+    start = (debian_system.base_key() if suite == "bookworm"
+             else "\n".join([suite, debian_system.MIRROR, *debian_system.BASE, *TRIXIE_PACKAGES]))
+    text = "\n".join([start, *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v2"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def base_tree(suite: str, root: Path) -> None:
+    """Debian with systemd, its generic kernel, initramfs-tools and GRUB, at `root`."""
+    if suite == "bookworm":
+        subprocess.run(["cp", "-a", str(debian_system.base_root()), str(root)], check=True)
+        extra: tuple[str, ...] = ()
+        update = "apt-get update -q && "
+    else:
+        subprocess.run(["debootstrap", "--variant=minbase",
+                        f"--include={','.join(debian_system.BASE)}", suite, str(root),
+                        debian_system.MIRROR], check=True, capture_output=True)
+        extra, update = TRIXIE_PACKAGES, ""
+    # on Debian 12, initramfs-tools replaces dracut (they conflict); its trigger or the
+    # kernel's hook makes the classic initrd.img-KVER
+    debian_system.chroot(root, update + "apt-get install -y -q --no-install-recommends "
+                         + " ".join((*extra, *PACKAGES)) + " && apt-get install -y -q "
+                         "--reinstall --download-only linux-image-$(ls /lib/modules)")
 
 
 def layout(disk: Path) -> Layout:
@@ -185,29 +208,23 @@ exec chroot {mnt} /bin/sh -c "$0"
     return result.stdout + result.stderr
 
 
-def base_disk() -> Path:
+def base_disk(suite: str) -> Path:
     """The disk with Debian, its classic initramfs and GRUB installed, cached by content."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    done = CACHE / f"{base_key()}.img"
+    done = CACHE / f"{suite}-{base_key(suite)}.img"
     with (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
             return done
-        for stale in CACHE.glob("*.img"):
+        for stale in CACHE.glob(f"{suite}-*.img"):
             stale.unlink()
         work = Path(tempfile.mkdtemp(prefix="base-", dir="/dev/shm"))
         try:
             root = work / "root"
-            subprocess.run(["cp", "-a", str(debian_system.base_root()), str(root)], check=True)
+            base_tree(suite, root)
             (root / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
                                             f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
             (root / "etc/hostname").write_text("initoverlayfs-grub\n")
-            # dracut's base: initramfs-tools replaces it (they conflict), and its trigger
-            # makes the classic initrd.img-KVER
-            debian_system.chroot(root, "apt-get update -q && apt-get install -y -q "
-                                 "--no-install-recommends " + " ".join(PACKAGES) + " && "
-                                 "apt-get install -y -q --reinstall --download-only "
-                                 "linux-image-$(ls /lib/modules)")
             with (root / "etc/default/grub").open("a") as grub:
                 grub.write(GRUB_DEFAULTS)
             disk = make_disk(work, root)
@@ -253,11 +270,11 @@ def make_disk(work: Path, root: Path) -> Path:
     return disk
 
 
-def installed_disk(work: Path, package: Path) -> tuple[Path, str]:
+def installed_disk(work: Path, package: Path, suite: str) -> tuple[Path, str]:
     """A copy of the base disk in `work` (on a tmpfs) with the .deb installed by apt and the
     kernel reinstalled by apt; and what apt printed."""
-    disk = work / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(base_disk()), str(disk)], check=True)
+    disk = work / f"{suite}.img"
+    subprocess.run(["cp", "--sparse=always", str(base_disk(suite)), str(disk)], check=True)
     with loops(disk) as (_, _, root), tempfile.TemporaryDirectory() as mnt:
         subprocess.run(["mount", root, mnt], check=True)
         try:

@@ -1,7 +1,8 @@
-"""Installed for real, booted as a machine boots: Debian 12 with initramfs-tools and GRUB on
-BIOS (SeaBIOS), never QEMU's -kernel. As a user: `apt-get install ./initoverlayfs_*.deb`,
-then the kernel reinstalled with apt (Debian's hooks build the pair, update-grub adds the
-entry), then boots through the firmware and GRUB:
+"""Installed for real, booted as a machine boots: Debian 12 and Debian 13 (6.12, xz modules,
+merged /usr), each with initramfs-tools and GRUB on BIOS (SeaBIOS), never QEMU's -kernel.
+As a user: `apt-get install ./initoverlayfs_*.deb`, then the kernel reinstalled with apt
+(Debian's hooks build the pair, update-grub adds the entry), then boots through the firmware
+and GRUB:
 
 1. GRUB's default entry boots through initoverlayfs, up to multi-user.target, and the boot
    is marked good;
@@ -11,7 +12,7 @@ entry), then boots through the firmware and GRUB:
 3. `apt-get remove initoverlayfs` in the machine: the next boot is the classic one, with
    nothing of ours left in /boot or grub.cfg.
 
-One machine, one disk that the boots write to, in that order."""
+One machine per Debian version, one disk that its boots write to, in that order."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import pytest
 from initoverlayfs_build import cpio, initramfs, pair
 from initoverlayfs_build.ui import Ui
 
-from .bootloader_system import ACTION, edit_disk, installed_disk, read_boot_file
+from .bootloader_system import ACTION, SUITES, edit_disk, installed_disk, read_boot_file
 from .debian_system import BOOT_UUID, parse_report
 from .qemu import BootResult, VmSpec, boot
 
@@ -48,12 +49,20 @@ def work() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def machine(work: Path) -> tuple[Path, str]:
+def deb(work: Path) -> Path:
     out = subprocess.run([str(REPO / "scripts/package"), "--out", str(work / "dist")],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    deb = Path(out.stdout.split()[0])
-    return installed_disk(work, deb)
+    return Path(out.stdout.split()[0])
+
+
+@pytest.fixture(scope="module", params=list(SUITES))
+def machine(request: pytest.FixtureRequest, work: Path, deb: Path) -> Iterator[tuple[Path, str]]:
+    disk, log = installed_disk(work, deb, request.param)
+    try:
+        yield disk, log
+    finally:
+        disk.unlink()  # 1-2 GB of RAM on the tmpfs
 
 
 def power_on(disk: Path) -> BootResult:
