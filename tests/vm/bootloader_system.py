@@ -80,17 +80,7 @@ fi
 say "END"
 systemctl poweroff
 """.replace("ACTION", ACTION)
-REPORT_UNIT = f"""[Unit]
-Description=initoverlayfs test: report the boot on the console, then power off
-After=multi-user.target initoverlayfs-boot-good.service
-
-[Service]
-Type=simple
-ExecStart={REPORT}
-
-[Install]
-WantedBy=multi-user.target
-"""
+REPORT_UNIT = debian_system.report_unit(REPORT, "multi-user.target initoverlayfs-boot-good.service")
 
 
 @dataclass(frozen=True)

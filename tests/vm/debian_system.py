@@ -68,17 +68,25 @@ systemctl poweroff
 """
 TEST_CONTENT = "/usr/local/share/initoverlayfs-test-content"  # the rebuild's content
 REPORT_SCRIPT = REPORT_SCRIPT.replace("TEST_CONTENT", TEST_CONTENT)
-REPORT_UNIT = f"""[Unit]
+
+
+def report_unit(script: str, after: str = "") -> str:
+    """The unit that runs a test's report script once the system is up."""
+    return f"""[Unit]
 Description=initoverlayfs test: report the boot on the console and power off
+{f"After={after}" if after else ""}
 
 [Service]
 # simple, not oneshot: its own job must not hold back `is-system-running --wait`
 Type=simple
-ExecStart={REPORT}
+ExecStart={script}
 
 [Install]
 WantedBy=multi-user.target
 """
+
+
+REPORT_UNIT = report_unit(REPORT)
 
 
 @dataclass(frozen=True)
