@@ -244,8 +244,9 @@ FAILURES = {
     "fail-wrong-fstype": r"storage-init: mount-bootfs: Failed to mount /dev/vda2 "
                          rf"\(UUID={images.FS_UUID}\) on /boot as xfs: No such device; check "
                          r"bootfstype in /etc/initoverlayfs.conf or rd.initoverlayfs.bootfstype=",
-    "fail-no-init": r"storage-init: exec-init: Failed to start init: tried /sbin/init \(No such "
-                    r"file or directory\), /etc/init .*/bin/sh \(No such file or directory\)",
+    "fail-no-init": r"storage-init: exec-init: Failed to start init: tried /init \(No such file "
+                    r"or directory\), /sbin/init \(No such file or directory\), /etc/init .*"
+                    r"/bin/sh \(No such file or directory\)",
     "fail-bad-config": r"storage-init: read-config: Failed to parse /etc/initoverlayfs.conf: "
                        r"line 1 \(bootfs\)",
     "fail-verity-flipped-block":
