@@ -67,7 +67,7 @@ class Disk:
 
 def content_tree(root: Path, *, with_init: bool = True) -> Path:
     """A busybox system; /sbin/init is the test init (or, for the no-init case, nothing that
-    storage-init would try: no /sbin/init, /etc/init, /bin/init or /bin/sh)."""
+    storage-init would try: no /init, /sbin/init, /etc/init, /bin/init or /bin/sh)."""
     for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "boot", "tmp"):
         (root / d).mkdir(parents=True, exist_ok=True)
     busybox = shutil.which("busybox") or "/bin/busybox"
