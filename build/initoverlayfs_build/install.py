@@ -235,25 +235,29 @@ def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
     image builder). None means the common storage drivers: a choice that cannot miss the
     disk, where the host-only one would have shipped no driver and stopped the boot at
     "block devices seen: none"."""
-    if in_chroot():
-        ui.info("host-only: running in a chroot, where the target's boot disk cannot be seen")
+    common = "; including the common storage drivers (--drivers names them for known hardware)"
+    if in_chroot():  # expected in an image builder: said, not warned
+        ui.info("host-only: running in a chroot, where the target's boot disk cannot be seen"
+                + common)
         return None
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text()
-    except OSError:
+    except OSError as exc:
+        ui.warning(f"host-only: cannot read /proc/self/mountinfo ({exc.strerror})" + common)
         return None
     found = kmods.boot_device(mountinfo)
     if found is None:
+        ui.warning("host-only: neither /boot nor / is in /proc/self/mountinfo" + common)
         return None
     devnum, _ = found
     try:
         drivers, aliases = kmods.device_drivers(Path("/sys"), devnum)
     except BuildError as exc:
-        ui.warning(str(exc))
+        ui.warning(f"host-only: {exc.message}" + common)
         return None
     if not drivers and not aliases:
         ui.info(f"host-only: /boot is on {devnum}, a device with no disk under it (a loop "
-                "or device-mapper device, as in an image builder)")
+                "or device-mapper device, as in an image builder)" + common)
         return None
     names = [*drivers]
     for alias in aliases:
@@ -327,9 +331,6 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     else:
         hostonly = args.hostonly if args.hostonly is not None else sysroot == Path("/")
         drivers = host_modules(ui, index) if hostonly else None
-    if hostonly and drivers is None:
-        ui.warning("host-only: cannot tell which disk holds /boot; including the common "
-                   "storage drivers instead (--drivers names them for known hardware)")
     if drivers is None:
         drivers = kmods.generic_drivers()
     extra = args.add_drivers.split()
