@@ -61,5 +61,8 @@ def mini_initramfs(ui: Ui, *, sysroot: Path, kver: str, systemd: bool, frozen: P
     argv.append(os.fspath(target))
     what = "systemd" if systemd else "rdinit"
     with ui.step(f"running dracut for the mini-initramfs ({what} mode)"):
-        run(ui, argv, env={"INITOVERLAYFS_FROZEN": os.fspath(frozen)})
+        # INITOVERLAYFS_CONFIG_INCLUDED: the module must not install the system's
+        # /etc/initoverlayfs.conf over this build's (which names its image and verity keys)
+        run(ui, argv, env={"INITOVERLAYFS_FROZEN": os.fspath(frozen),
+                           "INITOVERLAYFS_CONFIG_INCLUDED": "1"})
     return target

@@ -220,12 +220,15 @@ def read_config(ui: Ui, etc_dir: Path) -> tuple[str | None, dict[str, str]]:
 
 
 def in_chroot() -> bool:
-    """Whether this process's / is not PID 1's (a chroot, an image builder): the disks seen
-    here are then the build machine's, not the target's. As Debian's ischroot decides."""
+    """Whether this process's / is not PID 1's (a chroot, an image builder), as Debian's
+    ischroot decides: the disks seen here are then the build machine's, not the target's.
+    Also when PID 1's root cannot be looked at (no /proc; or, as root, EACCES: PID 1 is in
+    another mount namespace, seen here from a chroot in a private one): a chroot cannot be
+    ruled out, and the common drivers are the choice that cannot miss the disk."""
     try:
         ours, init = os.stat("/"), os.stat("/proc/1/root")
     except OSError:
-        return False  # no /proc, or not allowed to look: nothing says it is one
+        return True
     return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
 
 

@@ -70,6 +70,9 @@ def test_in_a_chroot_the_common_drivers_are_chosen(mocker: MockerFixture) -> Non
     assert install.host_modules(UI, mocker.Mock()) is None
     stats["/proc/1/root"] = stats["/"]
     assert not install.in_chroot()
+    # PID 1 out of reach (its mount namespace, from a chroot in a private one): not ruled out
+    mocker.patch("os.stat", side_effect=PermissionError(13, "Permission denied"))
+    assert install.in_chroot()
 
 
 def test_a_boot_on_a_loop_device_gets_the_common_drivers(tmp_path: Path,

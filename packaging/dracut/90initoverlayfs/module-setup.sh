@@ -46,9 +46,10 @@ install() {
         inst_tree /usr/lib/locale/C.utf8 /usr/lib/locale/C.utf8
     fi
 
-    # initoverlayfs-install passes the config it checked with --include; a plain dracut
-    # run takes the system's. (inst_simple has no -o: test for the file instead.)
-    if [[ -f $dracutsysrootdir/etc/initoverlayfs.conf ]]; then
+    # initoverlayfs-install passes the config it checked with --include (with the image's
+    # name and verity keys), and the system's must not replace it; a plain dracut run takes
+    # the system's. (inst_simple has no -o: test for the file instead.)
+    if [[ -z ${INITOVERLAYFS_CONFIG_INCLUDED-} && -f $dracutsysrootdir/etc/initoverlayfs.conf ]]; then
         inst_simple /etc/initoverlayfs.conf
     fi
     inst_dir /boot
