@@ -20,7 +20,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -116,12 +115,7 @@ def base_tree(suite: str, root: Path) -> None:
 
 
 def layout(disk: Path) -> Layout:
-    info = subprocess.run(["sgdisk", "-p", str(disk)], check=True, capture_output=True,
-                          text=True).stdout
-    rows = {int(m.group(1)): (int(m.group(2)), int(m.group(3)))
-            for m in re.finditer(r"^\s+(\d+)\s+(\d+)\s+(\d+)", info, re.M)}
-    (b0, b1), (r0, r1) = rows[2], rows[3]
-    return Layout((b0 * 512, (b1 - b0 + 1) * 512), (r0 * 512, (r1 - r0 + 1) * 512))
+    return Layout(debian_system.partition_span(disk, 2), debian_system.partition_span(disk, 3))
 
 
 LOOP_CTL_ADD = 0x4C80
@@ -217,7 +211,8 @@ def base_disk(suite: str) -> Path:
             (root / "etc/hostname").write_text("initoverlayfs-grub\n")
             with (root / "etc/default/grub").open("a") as grub:
                 grub.write(GRUB_DEFAULTS)
-            disk = make_disk(work, root)
+            disk = debian_system.make_disk(work, root, bios_boot_mb=BIOS_MB, boot_mb=BOOT_MB,
+                                           root_spare_mb=768)
             in_chroot(disk, "grub-install --target=i386-pc --modules='part_gpt ext2' @DISK@ "
                             "&& update-grub")
             partial = done.with_suffix(".partial")
@@ -226,38 +221,6 @@ def base_disk(suite: str) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return done
-
-
-def make_disk(work: Path, root: Path) -> Path:
-    """GPT: 1 BIOS boot (GRUB's core), 2 the ext4 /boot, 3 the ext4 root."""
-    boot_tree = work / "boot-tree"
-    shutil.move(root / "boot", boot_tree)
-    (root / "boot").mkdir()
-    try:
-        root_mb = debian_system._size_mb(root) * 5 // 4 + 768
-        images = []
-        for name, tree, uuid, size in (("boot", boot_tree, BOOT_UUID, BOOT_MB),
-                                       ("root", root, ROOT_UUID, root_mb)):
-            image = work / f"{name}.ext4"
-            subprocess.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-L", name, "-d", str(tree),
-                            str(image), f"{size}M"], check=True, capture_output=True)
-            images.append(image)
-    finally:
-        (root / "boot").rmdir()
-        shutil.move(boot_tree, root / "boot")
-    disk = work / "disk.img"
-    with disk.open("wb") as f:
-        f.truncate((BIOS_MB + BOOT_MB + root_mb + 4) << 20)
-    subprocess.run(["sgdisk", "-o", "-n", f"1:2048:+{BIOS_MB}M", "-t", "1:ef02", "-c", "1:bios",
-                    "-n", f"2:0:+{BOOT_MB}M", "-t", "2:8300", "-c", "2:boot",
-                    "-n", f"3:0:+{root_mb}M", "-t", "3:8300", "-c", "3:root", str(disk)],
-                   check=True, capture_output=True)
-    parts = layout(disk)
-    for image, (offset, _) in zip(images, (parts.boot, parts.root), strict=True):
-        subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
-                        f"seek={offset}", "conv=notrunc,sparse", "status=none"], check=True)
-        image.unlink()
-    return disk
 
 
 def installed_disk(work: Path, package: Path, suite: str) -> tuple[Path, str]:

@@ -192,52 +192,60 @@ def prepare(work: Path, package: Path) -> System:
     return System(root, kver, vmlinuz, images, make_disk(work, root), log, plugin)
 
 
-def make_disk(work: Path, root: Path) -> Path:
-    """GPT: partition 1 the ext4 /boot (the tree's /boot), partition 2 the ext4 root."""
+def make_disk(work: Path, root: Path, *, bios_boot_mb: int = 0, boot_mb: int | None = None,
+              root_spare_mb: int = 256) -> Path:
+    """GPT: the ext4 /boot (the tree's /boot), then the ext4 root; with `bios_boot_mb`, a BIOS
+    boot partition (GRUB's core) first. `boot_mb`: /boot's size (default: its files + 64)."""
     boot_tree = work / "boot-tree"
     shutil.move(root / "boot", boot_tree)
     (root / "boot").mkdir()
     try:
-        boot_mb = _size_mb(boot_tree) + 64
-        root_mb = _size_mb(root) * 5 // 4 + 256
-        parts = []
+        boot_mb = boot_mb or _size_mb(boot_tree) + 64
+        root_mb = _size_mb(root) * 5 // 4 + root_spare_mb
+        images = []
         for name, tree, uuid, size in (("boot", boot_tree, BOOT_UUID, boot_mb),
                                        ("root", root, ROOT_UUID, root_mb)):
             image = work / f"{name}.ext4"
             subprocess.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-L", name, "-d", str(tree),
                             str(image), f"{size}M"], check=True, capture_output=True)
-            parts.append((image, size))
+            images.append(image)
     finally:
         (root / "boot").rmdir()
         shutil.move(boot_tree, root / "boot")
     disk = work / "disk.img"
     with disk.open("wb") as f:
-        f.truncate((boot_mb + root_mb + 4) << 20)
-    subprocess.run(["sgdisk", "-o", "-n", f"1:2048:+{boot_mb}M", "-t", "1:8300", "-c", "1:boot",
-                    "-n", f"2:0:+{root_mb}M", "-t", "2:8300", "-c", "2:root", str(disk)],
-                   check=True, capture_output=True)
-    for number, (image, _) in enumerate(parts, 1):
-        info = subprocess.run(["sgdisk", "-i", str(number), str(disk)], check=True,
-                              capture_output=True, text=True).stdout
-        match = re.search(r"First sector: (\d+)", info)
-        assert match, info
+        f.truncate((bios_boot_mb + boot_mb + root_mb + 4) << 20)
+    table = [("bios", "ef02", bios_boot_mb)] if bios_boot_mb else []
+    table += [("boot", "8300", boot_mb), ("root", "8300", root_mb)]
+    argv = ["sgdisk", "-o"]
+    for number, (name, code, size) in enumerate(table, 1):
+        argv += ["-n", f"{number}:{'2048' if number == 1 else '0'}:+{size}M",
+                 "-t", f"{number}:{code}", "-c", f"{number}:{name}"]
+    subprocess.run([*argv, str(disk)], check=True, capture_output=True)
+    for number, image in enumerate(images, len(table) - 1):
+        offset, _ = partition_span(disk, number)
         subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
-                        f"seek={int(match.group(1)) * 512}", "conv=notrunc,sparse",
-                        "status=none"], check=True)
+                        f"seek={offset}", "conv=notrunc,sparse", "status=none"], check=True)
         image.unlink()
     return disk
 
 
-def partition(disk: Path, number: int, out: Path) -> Path:
-    """Partition `number` of the GPT disk, copied out as a file."""
+def partition_span(disk: Path, number: int) -> tuple[int, int]:
+    """(offset, size) in bytes of partition `number` of the GPT disk."""
     info = subprocess.run(["sgdisk", "-i", str(number), str(disk)], check=True,
                           capture_output=True, text=True).stdout
     first = re.search(r"First sector: (\d+)", info)
     last = re.search(r"Last sector: (\d+)", info)
     assert first and last, info
-    start, count = int(first.group(1)), int(last.group(1)) - int(first.group(1)) + 1
-    subprocess.run(["dd", f"if={disk}", f"of={out}", "bs=512", f"skip={start}",
-                    f"count={count}", "conv=sparse", "status=none"], check=True)
+    start, end = int(first.group(1)), int(last.group(1))
+    return start * 512, (end - start + 1) * 512
+
+
+def partition(disk: Path, number: int, out: Path) -> Path:
+    """Partition `number` of the GPT disk, copied out as a file."""
+    offset, size = partition_span(disk, number)
+    subprocess.run(["dd", f"if={disk}", f"of={out}", "bs=512", f"skip={offset // 512}",
+                    f"count={size // 512}", "conv=sparse", "status=none"], check=True)
     return out
 
 
