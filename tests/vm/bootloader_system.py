@@ -92,7 +92,7 @@ class Layout:
 def base_key(suite: str) -> str:
     start = (debian_system.base_key() if suite == "bookworm"
              else "\n".join([suite, debian_system.MIRROR, *debian_system.BASE, *TRIXIE_PACKAGES]))
-    text = "\n".join([start, *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v2"])
+    text = "\n".join([start, *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v3"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
