@@ -17,12 +17,31 @@ PREFERRED = "lz4hc,11"
 
 
 def available_compressors(ui: Ui, mkfs: str) -> list[str]:
-    """What this mkfs.erofs can compress with, from its --help ("Available compressors are:")."""
-    text = run(ui, [mkfs, "--help"], merge_stderr=True).decode(errors="replace")
-    match = re.search(r"Available compressors are:\s*(.*)", text)
-    if not match:
+    """What this mkfs.erofs can compress with, from its --help."""
+    return compressors_in(run(ui, [mkfs, "--help"], merge_stderr=True).decode(errors="replace"))
+
+
+def compressors_in(help_text: str) -> list[str]:
+    """The compressors mkfs.erofs --help lists: erofs-utils 1.5 and 1.6 on one line
+    ("Available compressors are: lz4, lz4hc, lzma"), 1.7 and later one per line under
+    "supported compressors and their option ranges are:", each name alone on its line and
+    its options ("[,level=...]") on the lines below, until the next option ("-C#")."""
+    match = re.search(r"Available compressors are:\s*(.*)", help_text)
+    if match:
+        return [name for name in re.split(r"[ ,]+", match.group(1)) if name]
+    lines = help_text.splitlines()
+    start = next((n for n, line in enumerate(lines)
+                  if re.search(r"supported compressors.*are:", line)), None)
+    if start is None:
         return []
-    return [name.strip(" ,") for name in re.split(r"[ ,]+", match.group(1)) if name.strip(" ,")]
+    names = []
+    for line in lines[start + 1:]:
+        item = line.strip()
+        if item.startswith("-"):
+            break
+        if re.fullmatch(r"[a-z0-9_]+", item):
+            names.append(item)
+    return names
 
 
 def choose_compression(ui: Ui, mkfs: str, requested: str | None,

@@ -185,3 +185,29 @@ def test_elf_closure_matches_ldd() -> None:
     assert {Path(lib.path).name for lib in found if lib.path != interp} == expected
     assert interp in {lib.path for lib in found}
     assert all(lib.source.is_file() and not lib.source.is_symlink() for lib in found)
+
+
+# mkfs.erofs --help, as erofs-utils 1.5 (Debian 12) and 1.8.6 (Debian 13) print it
+HELP_1_5 = """usage: [options] FILE DIRECTORY
+Available compressors are: lz4, lz4hc, lzma
+"""
+HELP_1_8 = """ -x#                   set xattr tolerance to # (< 0, disable xattrs; default 2)
+ -zX[,level=Y]         X=compressor (Y=compression level, Z=dictionary size, optional)
+    [,dictsize=Z]      alternative compressors can be separated by colons(:)
+    [:...]             supported compressors and their option ranges are:
+                         lz4
+                         lz4hc
+                           [,level=<0-12>]\t\t(default=9)
+                         lzma
+                           [,level=<0-9,100-109>]\t0-9=normal, 100-109=extreme (default=6)
+                         zstd
+                           [,level=<0-22>]\t\t(default=3)
+ -C#                   specify the size of compress physical cluster in bytes
+"""
+
+
+def test_mkfs_erofs_compressors_are_read_from_both_help_formats() -> None:
+    assert erofs.compressors_in(HELP_1_5) == ["lz4", "lz4hc", "lzma"]
+    # 1.8's list was missed before: Debian 13's images were built uncompressed
+    assert erofs.compressors_in(HELP_1_8) == ["lz4", "lz4hc", "lzma", "zstd"]
+    assert erofs.compressors_in("usage: mkfs.erofs\n -C# cluster size\n") == []
