@@ -31,7 +31,8 @@ def test_mypy_strict_is_clean() -> None:
 
 def test_shell_scripts_are_shellcheck_clean() -> None:
     scripts = [
-        "packaging/install-tree", "packaging/kernel-install/50-initoverlayfs.install",
+        "packaging/install-tree", "packaging/kernel-install/60-initoverlayfs.install",
+        "packaging/kernel-install/91-initoverlayfs.install",
         "packaging/dracut/90initoverlayfs/module-setup.sh",
         *(str(p.relative_to(REPO)) for d in ("debian-hooks", "grub", "deb")
           for p in sorted((REPO / "packaging" / d).iterdir())

@@ -161,7 +161,8 @@ def test_packages_build_and_ship_every_part(packages: dict[str, Path]) -> None:
         for path in ("/usr/bin/initoverlayfs-install",
                      "/usr/lib/initoverlayfs/storage-init/storage-init",
                      "/usr/lib/dracut/modules.d/90initoverlayfs/module-setup.sh",
-                     "/usr/lib/kernel/install.d/50-initoverlayfs.install",
+                     "/usr/lib/kernel/install.d/60-initoverlayfs.install",
+                     "/usr/lib/kernel/install.d/91-initoverlayfs.install",
                      "/usr/lib/systemd/system/sysinit.target.wants/initoverlayfs-release.service",
                      *(f"/usr/lib/systemd/system/{unit}" for unit in UNITS)):
             assert path in listing, (path, listing)
@@ -203,7 +204,7 @@ def test_kernel_install_add_is_quiet_and_remove_deletes_both_images(system: Syst
     images = [boot_dir / f"initramfs-{system.kver}.img", boot_dir / image]
     assert all(p.is_file() for p in images)
     # the plugin alone (the other plugins' remove would also drop modules.dep and friends)
-    plugin = f"/usr/lib/kernel/install.d/50-initoverlayfs.install remove {system.kver}"
+    plugin = f"/usr/lib/kernel/install.d/60-initoverlayfs.install remove {system.kver}"
     for _ in range(2):  # idempotent: the second remove finds nothing and still succeeds
         assert chroot(system.root, plugin) == ""
         assert not any(p.exists() for p in images)
