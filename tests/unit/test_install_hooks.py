@@ -191,3 +191,151 @@ def test_postinst_skips_what_is_not_a_configure(tmp_path: Path) -> None:
     (tmp_path / "initrd.img-6.1.0-9-amd64").write_bytes(b"classic")
     done = run_hook(tmp_path, "postinst", "6.1.0-9-amd64", params="'abort-upgrade' '1'")
     assert (done.returncode, done.stderr) == (0, "")
+
+
+# --- systemd-boot: the kernel-install plugins and initoverlayfs-boot -----------------------
+
+PLUGINS = REPO / "packaging" / "kernel-install"
+BOOT_SWITCH = REPO / "packaging" / "grub" / "initoverlayfs-boot"
+KVER = "6.12.57+deb13-amd64"
+TOKEN = "0123456789abcdef0123456789abcdef"
+CLASSIC_ENTRY = f"""title      Debian GNU/Linux 13 (trixie)
+version    {KVER}
+sort-key   debian
+machine-id {TOKEN}
+options    root=UUID=abc ro systemd.machine_id={TOKEN}
+linux      /{TOKEN}/{KVER}/linux
+initrd     /{TOKEN}/{KVER}/microcode.cpio
+initrd     /{TOKEN}/{KVER}/initrd
+"""
+
+
+def run_plugin(name: str, esp: Path, *args: str, **env: str,
+               ) -> subprocess.CompletedProcess[str]:
+    environ = {"PATH": "/usr/bin:/bin", "INITOVERLAYFS_BOOT_DIR": str(esp / "boot"),
+               "KERNEL_INSTALL_BOOT_ROOT": str(esp), "KERNEL_INSTALL_ENTRY_TOKEN": TOKEN,
+               "KERNEL_INSTALL_CONF_ROOT": str(esp / "conf"), **env}
+    return subprocess.run(["sh", str(PLUGINS / name), *args], capture_output=True, text=True,
+                          env=environ, check=False)
+
+
+def bls_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(ESP, entry directory, staging area) with the classic entry 90-loaderentry wrote."""
+    esp = tmp_path / "esp"
+    entry_dir = esp / TOKEN / KVER
+    staging = tmp_path / "staging"
+    for d in (entry_dir, esp / "loader/entries", staging, esp / "boot", esp / "conf"):
+        d.mkdir(parents=True)
+    (esp / f"loader/entries/{TOKEN}-{KVER}.conf").write_text(CLASSIC_ENTRY)
+    return esp, entry_dir, staging
+
+
+def test_the_entry_plugin_copies_the_classic_entry_with_our_initrd_and_one_try(
+        tmp_path: Path) -> None:
+    esp, entry_dir, staging = bls_tree(tmp_path)
+    (staging / "initoverlayfs.img").write_bytes(b"mini")
+    done = run_plugin("91-initoverlayfs.install", esp, "add", KVER, str(entry_dir),
+                      KERNEL_INSTALL_LAYOUT="bls", KERNEL_INSTALL_STAGING_AREA=str(staging))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    ours = esp / f"loader/entries/{TOKEN}-{KVER}-initoverlayfs+1.conf"
+    body = ours.read_text()
+    assert body.splitlines()[0] == "title Debian GNU/Linux 13 (trixie) (initoverlayfs)"
+    # the path as seen from the root of the filesystem holding the ESP
+    mount = esp
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    seen = "/" + str((entry_dir / "initoverlayfs.img").relative_to(mount))
+    assert [line for line in body.splitlines() if line.startswith("initrd")] == [
+        f"initrd     /{TOKEN}/{KVER}/microcode.cpio", f"initrd {seen}"]
+    # a version that systemd-boot sorts just before the classic entry's
+    assert f"version {KVER} (initoverlayfs)" in body.splitlines()
+    for line in CLASSIC_ENTRY.splitlines():
+        if not line.startswith(("title", "initrd", "version")):
+            assert line in body
+    assert (entry_dir / "initoverlayfs.img").read_bytes() == b"mini"
+    # with /etc/kernel/tries and the off flag absent: 3 tries; a rebuild starts again
+    (esp / "conf/tries").write_text("3\n")
+    run_plugin("91-initoverlayfs.install", esp, "add", KVER, str(entry_dir),
+               KERNEL_INSTALL_LAYOUT="bls", KERNEL_INSTALL_STAGING_AREA=str(staging))
+    names = sorted(p.name for p in (esp / "loader/entries").iterdir())
+    assert names == [f"{TOKEN}-{KVER}-initoverlayfs+3.conf", f"{TOKEN}-{KVER}.conf"]
+
+
+def test_the_entry_plugin_does_nothing_without_a_staged_mini_initramfs_or_for_uki(
+        tmp_path: Path) -> None:
+    esp, entry_dir, staging = bls_tree(tmp_path)
+    for layout in ("bls", "uki"):
+        done = run_plugin("91-initoverlayfs.install", esp, "add", KVER, str(entry_dir),
+                          KERNEL_INSTALL_LAYOUT=layout, KERNEL_INSTALL_STAGING_AREA=str(staging))
+        assert (done.returncode, done.stderr) == (0, "")
+    assert [p.name for p in (esp / "loader/entries").iterdir()] == [f"{TOKEN}-{KVER}.conf"]
+
+
+def test_the_build_plugin_skips_uki_and_says_when_there_is_no_content(tmp_path: Path) -> None:
+    esp, entry_dir, staging = bls_tree(tmp_path)
+    uki = run_plugin("60-initoverlayfs.install", esp, "add", KVER, str(entry_dir), "linux",
+                     KERNEL_INSTALL_LAYOUT="uki", KERNEL_INSTALL_STAGING_AREA=str(staging),
+                     KERNEL_INSTALL_VERBOSE="1")
+    assert uki.returncode == 0 and "unified kernel image" in uki.stdout
+    none = run_plugin("60-initoverlayfs.install", esp, "add", KVER, str(entry_dir), "linux",
+                      KERNEL_INSTALL_LAYOUT="bls", KERNEL_INSTALL_STAGING_AREA=str(staging))
+    assert none.returncode == 0
+    assert f"no initrd made for {KVER} by the generator (none set)" in none.stderr
+    assert list(staging.iterdir()) == []
+
+
+def run_switch(tmp_path: Path, *args: str, selected: str | None = None,
+               ) -> subprocess.CompletedProcess[str]:
+    efivars = tmp_path / "efivars"
+    efivars.mkdir(exist_ok=True)
+    if selected is not None:  # 4 bytes of attributes, then the entry's id in UTF-16
+        (efivars / "LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f").write_bytes(
+            b"\x06\0\0\0" + selected.encode("utf-16-le") + b"\0\0")
+    env = {"PATH": "/usr/bin:/bin", "INITOVERLAYFS_LOADER_ENTRIES": str(tmp_path / "entries"),
+           "INITOVERLAYFS_EFIVARS": str(efivars),
+           "INITOVERLAYFS_BOOT_OFF": str(tmp_path / "boot-off")}
+    return subprocess.run(["sh", str(BOOT_SWITCH), *args], capture_output=True, text=True,
+                          env=env, check=False)
+
+
+def entry_names(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "entries").iterdir())
+
+
+def test_a_good_boot_through_our_entry_gives_it_its_try_back(tmp_path: Path) -> None:
+    (tmp_path / "entries").mkdir()
+    ours = f"{TOKEN}-{KVER}-initoverlayfs"
+    (tmp_path / f"entries/{TOKEN}-{KVER}.conf").write_text("classic")
+    (tmp_path / f"entries/{ours}.conf").write_text("ours")  # blessed by systemd-bless-boot
+    done = run_switch(tmp_path, "good", selected=f"{ours}.conf")
+    assert done.returncode == 0 and "marked good" in done.stdout, done.stderr
+    assert entry_names(tmp_path) == [f"{ours}+1.conf", f"{TOKEN}-{KVER}.conf"]
+    assert "through initoverlayfs" in run_switch(tmp_path, "status").stdout
+
+
+def test_a_fallback_to_the_classic_entry_is_said_and_on_rearms(tmp_path: Path) -> None:
+    (tmp_path / "entries").mkdir()
+    ours = f"{TOKEN}-{KVER}-initoverlayfs"
+    (tmp_path / f"entries/{TOKEN}-{KVER}.conf").write_text("classic")
+    (tmp_path / f"entries/{ours}+0-1.conf").write_text("ours")  # its try spent, never blessed
+    done = run_switch(tmp_path, "good", selected=f"{TOKEN}-{KVER}.conf")
+    assert "did not come up" in done.stdout and "systemd-boot booted" in done.stdout
+    assert "next boot: the classic initramfs" in run_switch(tmp_path, "status").stdout
+    assert run_switch(tmp_path, "on").returncode == 0
+    assert entry_names(tmp_path) == [f"{ours}+1.conf", f"{TOKEN}-{KVER}.conf"]
+
+
+def test_off_keeps_our_entry_last_until_on_and_says_nothing_of_a_fallback(
+        tmp_path: Path) -> None:
+    (tmp_path / "entries").mkdir()
+    ours = f"{TOKEN}-{KVER}-initoverlayfs"
+    (tmp_path / f"entries/{ours}+1.conf").write_text("ours")
+    assert run_switch(tmp_path, "off").returncode == 0
+    assert entry_names(tmp_path) == [f"{ours}+0-1.conf"] and (tmp_path / "boot-off").exists()
+    assert "(initoverlayfs-boot off)" in run_switch(tmp_path, "status").stdout
+    assert run_switch(tmp_path, "good", selected=f"{TOKEN}-{KVER}.conf").stdout == ""
+    run_switch(tmp_path, "rearm")  # a new build: still off
+    assert entry_names(tmp_path) == [f"{ours}+0-1.conf"]
+    run_switch(tmp_path, "on")
+    assert entry_names(tmp_path) == [f"{ours}+1.conf"]
+    assert not (tmp_path / "boot-off").exists()
