@@ -1,5 +1,7 @@
-"""Debian 12 and 13 machines that boot as users' machines do: SeaBIOS, then GRUB from the disk's
-BIOS boot partition, never QEMU's -kernel. initramfs-tools makes its classic initramfs.
+"""Debian 12 and 13 machines that boot as users' machines do, never QEMU's -kernel: SeaBIOS,
+then GRUB from the disk's BIOS boot partition, with initramfs-tools making the classic
+initramfs ("bookworm", "trixie"); or OVMF (UEFI), then systemd-boot from the EFI system
+partition, with dracut making it ("trixie-systemd-boot").
 
 Made in two stages, like an image builder makes a disk: the disk with GRUB installed
 (grub-install and update-grub run in a chroot on loop devices over the disk's partitions,
@@ -28,16 +30,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import debian_system
-from .debian_system import BOOT_UUID, ROOT_UUID
+from .debian_system import BOOT_UUID, ESP_UUID, ROOT_UUID
 
 CACHE = debian_system.REPO / ".cache" / "bootloader-system"
 # Debian 12 starts from debian_system's base (debootstrap, systemd, the kernel), Debian 13
 # from its own debootstrap; both get initramfs-tools (in place of dracut) and GRUB for BIOS.
 # The kernel's .deb stays in apt's cache, for the reinstall.
-SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}  # the GRUB machines
+SYSTEMD_BOOT = "trixie-systemd-boot"  # Debian 13, UEFI, systemd-boot, dracut
+MACHINES = (*SUITES, SYSTEMD_BOOT)
 PACKAGES = ("initramfs-tools", "grub-pc")
+# dracut there, as generic as Debian's initramfs-tools (the chroot is not the machine)
+SYSTEMD_BOOT_PACKAGES = ("dracut", "systemd-boot")
+DRACUT_GENERIC = 'hostonly="no"\n'
 TRIXIE_PACKAGES = ("linux-image-amd64", "erofs-utils", "lz4", "zstd", "python3")
-BIOS_MB, BOOT_MB = 1, 384
+BIOS_MB, ESP_MB, BOOT_MB = 1, 128, 384
+# systemd-boot's entries name the kernel's command line from /etc/kernel/cmdline
+KERNEL_CMDLINE = f"root=UUID={ROOT_UUID} ro console=ttyS0\n"
+ESP = "/boot/efi"
 GRUB_DEFAULTS = """
 # initoverlayfs tests: the menu and the kernel on the serial console
 GRUB_TIMEOUT=1
@@ -55,14 +65,20 @@ say() { echo "REPORT $*" > /dev/console; }
 say "state=$state"
 say "storage-init=$(dmesg | grep -c 'storage-init: [0-9]* steps in')"
 say "storage-init-journal=$(journalctl -b -o cat | grep -c 'storage-init: [0-9]* steps in')"
-say "grubenv=$(grub-editenv /boot/grub/grubenv list | grep initoverlayfs_boot | tr -d '\n')"
+grubenv=$(grub-editenv /boot/grub/grubenv list 2>/dev/null)
+say "grubenv=$(echo "$grubenv" | grep initoverlayfs_boot | tr -d '\n')"
+say "loader-entries=$(ls /boot/efi/loader/entries 2>/dev/null | tr '\n' ' ')"
+efivars=/sys/firmware/efi/efivars
+selected=$efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+say "loader-selected=$(cat $selected 2>/dev/null | tail -c +5 | tr -d '\0')"
+say "loader-vars=$(ls $efivars 2>&1 | grep -o '^Loader[A-Za-z]*' | tr '\n' ' ')"
 say "boot-status=$(initoverlayfs-boot status 2>&1 | tr '\n' ' ')"
 journalctl -b -o cat -u initoverlayfs-boot-good.service | while read -r line; do
     say "good-unit=$line"; done
 say "boot=$(findmnt -n -o SOURCE,OPTIONS /boot)"
 say "boot-files=$(ls /boot | tr '\n' ' ')"
-say "entries=$(grep -c '^menuentry' /boot/grub/grub.cfg)"
-say "our-entries=$(grep -c 'with initoverlayfs' /boot/grub/grub.cfg)"
+say "entries=$(grep -c '^menuentry' /boot/grub/grub.cfg 2>/dev/null)"
+say "our-entries=$(grep -c 'with initoverlayfs' /boot/grub/grub.cfg 2>/dev/null)"
 systemctl --failed --no-legend --plain | while read -r unit _; do say "failed=$unit"; done
 say "multi-user-us=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 if [ -e ACTION ]; then
@@ -87,17 +103,31 @@ class Layout:
     """Partition offsets and sizes in bytes."""
     boot: tuple[int, int]
     root: tuple[int, int]
+    esp: tuple[int, int] | None  # the EFI system partition, on the systemd-boot machine
 
 
-def base_key(suite: str) -> str:
+def suite_of(machine: str) -> str:
+    return "trixie" if machine == SYSTEMD_BOOT else machine
+
+
+def packages_of(machine: str) -> tuple[str, ...]:
+    return SYSTEMD_BOOT_PACKAGES if machine == SYSTEMD_BOOT else PACKAGES
+
+
+def base_key(machine: str) -> str:
+    suite = suite_of(machine)
     start = (debian_system.base_key() if suite == "bookworm"
              else "\n".join([suite, debian_system.MIRROR, *debian_system.BASE, *TRIXIE_PACKAGES]))
-    text = "\n".join([start, *PACKAGES, GRUB_DEFAULTS, str(BOOT_MB), "v3"])
+    extra = ([DRACUT_GENERIC, KERNEL_CMDLINE, str(ESP_MB)] if machine == SYSTEMD_BOOT
+             else [GRUB_DEFAULTS])
+    text = "\n".join([start, *packages_of(machine), *extra, str(BOOT_MB), "v3"])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def base_tree(suite: str, root: Path) -> None:
-    """Debian with systemd, its generic kernel, initramfs-tools and GRUB, at `root`."""
+def base_tree(machine: str, root: Path) -> None:
+    """Debian with systemd, its generic kernel, its initramfs generator and bootloader's
+    package, at `root`."""
+    suite = suite_of(machine)
     if suite == "bookworm":
         subprocess.run(["cp", "-a", str(debian_system.base_root()), str(root)], check=True)
         extra: tuple[str, ...] = ()
@@ -107,15 +137,26 @@ def base_tree(suite: str, root: Path) -> None:
                         f"--include={','.join(debian_system.BASE)}", suite, str(root),
                         debian_system.MIRROR], check=True, capture_output=True)
         extra, update = TRIXIE_PACKAGES, ""
+    if machine == SYSTEMD_BOOT:
+        (root / "etc/dracut.conf.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/dracut.conf.d/10-generic.conf").write_text(DRACUT_GENERIC)
+        (root / "etc/kernel").mkdir(parents=True, exist_ok=True)
+        (root / "etc/kernel/cmdline").write_text(KERNEL_CMDLINE)
     # on Debian 12, initramfs-tools replaces dracut (they conflict); its trigger or the
-    # kernel's hook makes the classic initrd.img-KVER
+    # kernel's hook makes the classic initrd.img-KVER. (systemd-boot's postinst finds no
+    # ESP here: base_disk installs it into the ESP.)
     debian_system.chroot(root, update + "apt-get install -y -q --no-install-recommends "
-                         + " ".join((*extra, *PACKAGES)) + " && apt-get install -y -q "
-                         "--reinstall --download-only linux-image-$(ls /lib/modules)")
+                         + " ".join((*extra, *packages_of(machine))) + " && apt-get install "
+                         "-y -q --reinstall --download-only linux-image-$(ls /lib/modules)")
 
 
 def layout(disk: Path) -> Layout:
-    return Layout(debian_system.partition_span(disk, 2), debian_system.partition_span(disk, 3))
+    """Partition 1 is GRUB's BIOS boot partition or the ESP; then /boot and the root."""
+    info = subprocess.run(["sgdisk", "-i", "1", str(disk)], check=True, capture_output=True,
+                          text=True).stdout
+    esp = debian_system.partition_span(disk, 1) if "EFI system partition" in info else None
+    return Layout(debian_system.partition_span(disk, 2), debian_system.partition_span(disk, 3),
+                  esp)
 
 
 LOOP_CTL_ADD = 0x4C80
@@ -150,71 +191,136 @@ def _loop(disk: Path, span: tuple[int, int] | None = None) -> str:
     raise RuntimeError(f"no free loop device from /dev/loop{FIRST_LOOP} on")
 
 
+@dataclass(frozen=True)
+class Loops:
+    whole: str
+    boot: str
+    root: str
+
+    def mounts(self, mnt: str, esp: Path | None) -> str:
+        """Shell commands mounting the root, /boot and the ESP's tree at mnt."""
+        tree = "" if esp is None else f"; mount --bind {esp} {mnt}{ESP}"
+        return f"mount {self.root} {mnt}; mount {self.boot} {mnt}/boot{tree}"
+
+    def unmounts(self, mnt: str, esp: Path | None) -> str:
+        """What to unmount, innermost first."""
+        return f"{'' if esp is None else mnt + ESP} {mnt}/boot {mnt}"
+
+
 @contextlib.contextmanager
-def loops(disk: Path) -> Iterator[tuple[str, str, str]]:
-    """(whole disk, /boot, root) loop devices, detached at the end."""
+def loops(disk: Path) -> Iterator[Loops]:
+    """Loop devices over the whole disk, /boot and the root, detached at the end."""
     parts = layout(disk)
     made: list[str] = []
     try:
         for span in (None, parts.boot, parts.root):
             made.append(_loop(disk, span))
-        yield made[0], made[1], made[2]
+        yield Loops(made[0], made[1], made[2])
     finally:
         for device in made:
             subprocess.run(["losetup", "-d", device], check=False)
 
 
+@contextlib.contextmanager
+def esp_tree(disk: Path) -> Iterator[Path | None]:
+    """The ESP's files as a directory, written back to the partition as a new FAT afterwards
+    (None for a disk without an ESP). The kernel here has no vfat: mtools reads and writes
+    the FAT, as a tool on any machine can."""
+    span = layout(disk).esp
+    if span is None:
+        yield None
+        return
+    image = f"{disk}@@{span[0]}"
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+        tree = Path(tmp) / "esp"
+        tree.mkdir()
+        listing = subprocess.run(["mdir", "-b", "-i", image, "::/"], capture_output=True,
+                                 text=True, check=False).stdout
+        if listing.strip():
+            subprocess.run(["mcopy", "-s", "-m", "-n", "-i", image, "::/*", str(tree)],
+                           check=True, capture_output=True)
+        yield tree
+        fat = Path(tmp) / "esp.vfat"
+        subprocess.run(["mkfs.vfat", "-C", "-F", "32", "-i", ESP_UUID.replace("-", ""),
+                        "-n", "ESP", str(fat), str(span[1] >> 10)],
+                       check=True, capture_output=True)
+        files = [str(p) for p in tree.iterdir()]
+        if files:
+            subprocess.run(["mcopy", "-s", "-m", "-i", str(fat), *files, "::/"],
+                           check=True, capture_output=True)
+        subprocess.run(["dd", f"if={fat}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
+                        f"seek={span[0]}", "conv=notrunc", "status=none"], check=True)
+
+
 def in_chroot(disk: Path, command: str, timeout: float = 1200) -> str:
-    """Run a shell command in the disk's root with its /boot, /proc, /sys, /dev, and
-    /dev/disk/by-uuid for its two filesystems, in a private mount namespace."""
-    with loops(disk) as (whole, boot, root), tempfile.TemporaryDirectory() as mnt:
+    """Run a shell command in the disk's root with its /boot (and ESP), /proc, /sys, /dev, and
+    /dev/disk/by-uuid for its filesystems, in a private mount namespace. The ESP there is a
+    directory (esp_tree), so bootctl and kernel-install are told where it is
+    (SYSTEMD_ESP_PATH) and not to check it (SYSTEMD_RELAX_ESP_CHECKS): else /boot passes."""
+    with (esp_tree(disk) as esp, loops(disk) as devices,
+          tempfile.TemporaryDirectory() as mnt):
         script = f"""set -e
-mount {root} {mnt}
-mount {boot} {mnt}/boot
+{devices.mounts(mnt, esp).replace("; ", chr(10))}
 mount -t proc proc {mnt}/proc
 mount -t sysfs sysfs {mnt}/sys
 mount --rbind /dev {mnt}/dev
 mkdir -p {mnt}/dev/disk/by-uuid 2>/dev/null || true
 mount -t tmpfs tmpfs {mnt}/dev/disk/by-uuid
-ln -s {boot} {mnt}/dev/disk/by-uuid/{BOOT_UUID}
-ln -s {root} {mnt}/dev/disk/by-uuid/{ROOT_UUID}
+ln -s {devices.boot} {mnt}/dev/disk/by-uuid/{BOOT_UUID}
+ln -s {devices.root} {mnt}/dev/disk/by-uuid/{ROOT_UUID}
 exec chroot {mnt} /bin/sh -c "$0"
 """
         result = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-             command.replace("@DISK@", whole)],
+             command.replace("@DISK@", devices.whole)],
             capture_output=True, text=True, check=False, timeout=timeout,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                 "DEBIAN_FRONTEND": "noninteractive"})
+                 "DEBIAN_FRONTEND": "noninteractive", "SYSTEMD_ESP_PATH": ESP,
+                 "SYSTEMD_RELAX_ESP_CHECKS": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"in the disk's chroot: {command}\nexit {result.returncode}\n"
                            f"{result.stdout}\n{result.stderr}")
     return result.stdout + result.stderr
 
 
-def base_disk(suite: str) -> Path:
-    """The disk with Debian, its classic initramfs and GRUB installed, cached by content."""
+def base_disk(machine: str) -> Path:
+    """The disk with Debian, its classic initramfs and its bootloader installed, cached by
+    content."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    done = CACHE / f"{suite}-{base_key(suite)}.img"
+    done = CACHE / f"{machine}-{base_key(machine)}.img"
     with (CACHE / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if done.exists():
             return done
-        for stale in CACHE.glob(f"{suite}-*.img"):
-            stale.unlink()
+        for stale in CACHE.glob(f"{machine}-*.img"):
+            if stale.name.removeprefix(f"{machine}-").count("-") == 0:  # not another machine's
+                stale.unlink()
         work = Path(tempfile.mkdtemp(prefix="base-", dir="/dev/shm"))
         try:
             root = work / "root"
-            base_tree(suite, root)
-            (root / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
-                                            f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
-            (root / "etc/hostname").write_text("initoverlayfs-grub\n")
-            with (root / "etc/default/grub").open("a") as grub:
-                grub.write(GRUB_DEFAULTS)
-            disk = debian_system.make_disk(work, root, bios_boot_mb=BIOS_MB, boot_mb=BOOT_MB,
-                                           root_spare_mb=768)
-            in_chroot(disk, "grub-install --target=i386-pc --modules='part_gpt ext2' @DISK@ "
-                            "&& update-grub")
+            base_tree(machine, root)
+            fstab = (f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+                     f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n")
+            (root / "etc/hostname").write_text("initoverlayfs-machine\n")
+            if machine == SYSTEMD_BOOT:
+                (root / ESP.lstrip("/")).mkdir(parents=True, exist_ok=True)
+                (root / "etc/fstab").write_text(
+                    f"{fstab}UUID={ESP_UUID} {ESP} vfat umask=0077 0 1\n")
+                disk = debian_system.make_disk(work, root, esp_mb=ESP_MB, boot_mb=BOOT_MB,
+                                               root_spare_mb=768)
+                # as systemd-boot's postinst does where it finds the ESP: bootctl install, then
+                # kernel-install for each kernel (its 90-loaderentry writes the entry)
+                in_chroot(disk, "bootctl install --no-variables --make-entry-directory=yes && "
+                                "kver=$(ls /lib/modules) && "
+                                "kernel-install add $kver /boot/vmlinuz-$kver")
+            else:
+                (root / "etc/fstab").write_text(fstab)
+                with (root / "etc/default/grub").open("a") as grub:
+                    grub.write(GRUB_DEFAULTS)
+                disk = debian_system.make_disk(work, root, bios_boot_mb=BIOS_MB,
+                                               boot_mb=BOOT_MB, root_spare_mb=768)
+                in_chroot(disk, "grub-install --target=i386-pc --modules='part_gpt ext2' "
+                                "@DISK@ && update-grub")
             partial = done.with_suffix(".partial")
             subprocess.run(["cp", "--sparse=always", str(disk), str(partial)], check=True)
             partial.rename(done)
@@ -223,13 +329,13 @@ def base_disk(suite: str) -> Path:
         return done
 
 
-def installed_disk(work: Path, package: Path, suite: str) -> tuple[Path, str]:
+def installed_disk(work: Path, package: Path, machine: str) -> tuple[Path, str]:
     """A copy of the base disk in `work` (on a tmpfs) with the .deb installed by apt and the
     kernel reinstalled by apt; and what apt printed."""
-    disk = work / f"{suite}.img"
-    subprocess.run(["cp", "--sparse=always", str(base_disk(suite)), str(disk)], check=True)
-    with loops(disk) as (_, _, root), tempfile.TemporaryDirectory() as mnt:
-        subprocess.run(["mount", root, mnt], check=True)
+    disk = work / f"{machine}.img"
+    subprocess.run(["cp", "--sparse=always", str(base_disk(machine)), str(disk)], check=True)
+    with loops(disk) as devices, tempfile.TemporaryDirectory() as mnt:
+        subprocess.run(["mount", devices.root, mnt], check=True)
         try:
             shutil.copy(package, Path(mnt) / "tmp" / package.name)
             script = Path(mnt) / REPORT.lstrip("/")
@@ -251,8 +357,8 @@ def installed_disk(work: Path, package: Path, suite: str) -> tuple[Path, str]:
 
 def read_boot_file(disk: Path, name: str) -> bytes:
     """A file of the disk's /boot, read through a read-only loop mount."""
-    with loops(disk) as (_, boot, _), tempfile.TemporaryDirectory() as mnt:
-        subprocess.run(["mount", "-o", "ro", boot, mnt], check=True)
+    with loops(disk) as devices, tempfile.TemporaryDirectory() as mnt:
+        subprocess.run(["mount", "-o", "ro", devices.boot, mnt], check=True)
         try:
             return (Path(mnt) / name).read_bytes()
         finally:
@@ -260,11 +366,17 @@ def read_boot_file(disk: Path, name: str) -> bytes:
 
 
 def edit_disk(disk: Path, edit: str) -> str:
-    """Run a shell command with the disk's root mounted at $ROOT and /boot at $ROOT/boot."""
-    with loops(disk) as (_, boot, root), tempfile.TemporaryDirectory() as mnt:
-        script = (f"set -e; mount {root} {mnt}; mount {boot} {mnt}/boot; "
-                  f"ROOT={mnt}; trap 'umount {mnt}/boot {mnt}' EXIT; {edit}")
-        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+    """Run a shell command with the disk's root mounted at $ROOT, /boot at $ROOT/boot (and
+    the ESP at $ROOT/boot/efi); in a subshell, so that its `cd` keeps nothing busy."""
+    with (esp_tree(disk) as esp, loops(disk) as devices,
+          tempfile.TemporaryDirectory() as mnt):
+        script = (f"set -e; {devices.mounts(mnt, esp)}; "
+                  f"ROOT={mnt}; trap 'umount {devices.unmounts(mnt, esp)}' EXIT; (\n{edit}\n)")
+        # in a mount namespace of its own: whatever happens, the mounts go with it, and the
+        # temporary directory is never a mount point when it is removed (removing it with
+        # the disk still mounted there would empty the disk)
+        result = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                                 "sh", "-c", script], capture_output=True, text=True,
                                 check=False)
     if result.returncode != 0:
         raise RuntimeError(f"editing the disk: {edit}\n{result.stdout}\n{result.stderr}")

@@ -29,6 +29,7 @@ BASE = ("systemd", "systemd-sysv", "udev", "e2fsprogs", "kmod")
 EXTRA = ("dracut", "linux-image-amd64", "erofs-utils", "lz4", "zstd", "python3")
 ROOT_UUID = "3c8e9a5f-1b2d-4e6f-8a7b-9c0d1e2f3a4b"
 BOOT_UUID = "7d4b2e1a-6c5f-4a3b-9e8d-0f1a2b3c4d5e"
+ESP_UUID = "2E1D-0C0B"  # a FAT volume id
 SYSTEMD_IMAGE = "initoverlayfs-systemd-mode.img"  # on /boot, next to the plugin's image
 REPORT = "/usr/local/sbin/initoverlayfs-test-report"
 REPORT_SCRIPT = r"""#!/bin/sh
@@ -192,10 +193,11 @@ def prepare(work: Path, package: Path) -> System:
     return System(root, kver, vmlinuz, images, make_disk(work, root), log, plugin)
 
 
-def make_disk(work: Path, root: Path, *, bios_boot_mb: int = 0, boot_mb: int | None = None,
-              root_spare_mb: int = 256) -> Path:
+def make_disk(work: Path, root: Path, *, bios_boot_mb: int = 0, esp_mb: int = 0,
+              boot_mb: int | None = None, root_spare_mb: int = 256) -> Path:
     """GPT: the ext4 /boot (the tree's /boot), then the ext4 root; with `bios_boot_mb`, a BIOS
-    boot partition (GRUB's core) first. `boot_mb`: /boot's size (default: its files + 64)."""
+    boot partition (GRUB's core) first, or with `esp_mb` an empty FAT EFI system partition
+    (ESP_UUID). `boot_mb`: /boot's size (default: its files + 64)."""
     boot_tree = work / "boot-tree"
     shutil.move(root / "boot", boot_tree)
     (root / "boot").mkdir()
@@ -214,15 +216,22 @@ def make_disk(work: Path, root: Path, *, bios_boot_mb: int = 0, boot_mb: int | N
         shutil.move(boot_tree, root / "boot")
     disk = work / "disk.img"
     with disk.open("wb") as f:
-        f.truncate((bios_boot_mb + boot_mb + root_mb + 4) << 20)
+        f.truncate((bios_boot_mb + esp_mb + boot_mb + root_mb + 4) << 20)
     table = [("bios", "ef02", bios_boot_mb)] if bios_boot_mb else []
+    if esp_mb:
+        esp = work / "esp.vfat"
+        subprocess.run(["mkfs.vfat", "-C", "-F", "32", "-i", ESP_UUID.replace("-", ""),
+                        "-n", "ESP", str(esp), str(esp_mb << 10)],
+                       check=True, capture_output=True)
+        table.append(("esp", "ef00", esp_mb))
+        images.insert(0, esp)
     table += [("boot", "8300", boot_mb), ("root", "8300", root_mb)]
     argv = ["sgdisk", "-o"]
     for number, (name, code, size) in enumerate(table, 1):
         argv += ["-n", f"{number}:{'2048' if number == 1 else '0'}:+{size}M",
                  "-t", f"{number}:{code}", "-c", f"{number}:{name}"]
     subprocess.run([*argv, str(disk)], check=True, capture_output=True)
-    for number, image in enumerate(images, len(table) - 1):
+    for number, image in enumerate(images, len(table) - len(images) + 1):
         offset, _ = partition_span(disk, number)
         subprocess.run(["dd", f"if={image}", f"of={disk}", "bs=1M", "oflag=seek_bytes",
                         f"seek={offset}", "conv=notrunc,sparse", "status=none"], check=True)

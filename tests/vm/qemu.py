@@ -47,6 +47,18 @@ def kvm_works() -> bool:
     return probe.returncode == 0 and b"error" not in probe.stdout + probe.stderr
 
 
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")  # Debian's ovmf package
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def uefi_vars(directory: Path) -> Path:
+    """A fresh, writable copy of OVMF's empty variable store, for VmSpec.uefi_vars."""
+    if not OVMF_CODE.exists():
+        raise FileNotFoundError(f"{OVMF_CODE} is missing: apt-get install ovmf "
+                                "(scripts/setup does)")
+    return Path(shutil.copy(OVMF_VARS, directory / "OVMF_VARS.fd"))
+
+
 @dataclass(frozen=True)
 class VmSpec:
     kernel: Path | None  # None: the firmware boots the disk (its bootloader), as a machine does
@@ -65,6 +77,9 @@ class VmSpec:
     qmp: Path | None = None  # the QMP socket, for late_disk
     snapshot: bool = True  # False: the guest's writes reach the disk file (a power-cut test)
     reboot: bool = False  # True: a reboot restarts the machine (only a power-off ends QEMU)
+    # UEFI firmware (OVMF) instead of SeaBIOS: a writable copy of OVMF's variable store, which
+    # the boot may change (make one with uefi_vars())
+    uefi_vars: Path | None = None
 
     def command(self) -> list[str]:
         qemu = shutil.which("qemu-system-x86_64")
@@ -76,7 +91,11 @@ class VmSpec:
         direct = [] if self.kernel is None else [
             "-kernel", str(self.kernel), *(["-initrd", str(self.initrd)] if self.initrd else []),
             "-append", f"console=ttyS0 panic=-1 {self.append}".strip()]
+        firmware = [] if self.uefi_vars is None else [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}"]
         return [qemu, "-machine", "q35", *accel, "-m", str(self.memory_mb), "-smp", "1",
+                *firmware,
                 "-display", "none", "-serial", "stdio", "-monitor", "none",
                 *([] if self.reboot else ["-no-reboot"]), "-nodefaults", *direct,
                 *self._disk(), *self.devices]
