@@ -199,7 +199,8 @@ PLUGINS = REPO / "packaging" / "kernel-install"
 BOOT_SWITCH = REPO / "packaging" / "grub" / "initoverlayfs-boot"
 KVER = "6.12.57+deb13-amd64"
 TOKEN = "0123456789abcdef0123456789abcdef"
-CLASSIC_ENTRY = f"""title      Debian GNU/Linux 13 (trixie)
+CLASSIC_ENTRY = f"""# Boot Loader Specification type#1 entry
+title      Debian GNU/Linux 13 (trixie)
 version    {KVER}
 sort-key   debian
 machine-id {TOKEN}
@@ -239,7 +240,9 @@ def test_the_entry_plugin_copies_the_classic_entry_with_our_initrd_and_one_try(
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     ours = esp / f"loader/entries/{TOKEN}-{KVER}-initoverlayfs+1.conf"
     body = ours.read_text()
-    assert body.splitlines()[0] == "title Debian GNU/Linux 13 (trixie) (initoverlayfs)"
+    assert body.splitlines()[:2] == [
+        f"# initoverlayfs's entry, made by 91-initoverlayfs.install from {TOKEN}-{KVER}.conf",
+        "title Debian GNU/Linux 13 (trixie) (initoverlayfs)"]
     # the path as seen from the root of the filesystem holding the ESP
     mount = esp
     while not os.path.ismount(mount):
@@ -250,7 +253,7 @@ def test_the_entry_plugin_copies_the_classic_entry_with_our_initrd_and_one_try(
     # a version that systemd-boot sorts just before the classic entry's
     assert f"version {KVER} (initoverlayfs)" in body.splitlines()
     for line in CLASSIC_ENTRY.splitlines():
-        if not line.startswith(("title", "initrd", "version")):
+        if not line.startswith(("title", "initrd", "version", "#")):
             assert line in body
     assert (entry_dir / "initoverlayfs.img").read_bytes() == b"mini"
     # with /etc/kernel/tries and the off flag absent: 3 tries; a rebuild starts again
