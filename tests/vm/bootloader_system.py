@@ -71,6 +71,7 @@ say "loader-entries=$(ls /boot/efi/loader/entries 2>/dev/null | tr '\n' ' ')"
 efivars=/sys/firmware/efi/efivars
 selected=$efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
 say "loader-selected=$(cat $selected 2>/dev/null | tail -c +5 | tr -d '\0')"
+say "esp-ours=$(find /boot/efi -name 'initoverlayfs*' 2>/dev/null | wc -l)"
 say "loader-vars=$(ls $efivars 2>&1 | grep -o '^Loader[A-Za-z]*' | tr '\n' ' ')"
 say "boot-status=$(initoverlayfs-boot status 2>&1 | tr '\n' ' ')"
 journalctl -b -o cat -u initoverlayfs-boot-good.service | while read -r line; do
