@@ -571,3 +571,21 @@ def test_failure_summary_includes_the_failed_step(machine: Machine) -> None:
     machine.boot()
     summary = [line for line in machine.kmsg().splitlines() if " steps in " in line]
     assert len(summary) == 1 and "wait-bootfs 2000.0" in summary[0]
+
+
+def test_timings_carry_what_was_read_from_the_image_device(machine: Machine) -> None:
+    # the kernel's counters as sysfs shows them: the third field is the sectors read
+    stat = b"   12        0      96     3    0    0    0    0    0    4    3    0    0    0    0\n"
+    for name in ("loop0", "dm-0"):
+        machine.k.add_file(f"/sys/class/block/{name}/stat", stat)
+        machine.k.add_file(f"/sys/class/block/{name}/size", b"2048\n")
+    machine.boot()
+    timings = json.loads(machine.k.written["/run/initoverlayfs/timings.json"][-1])
+    assert timings["image_device"] in ("/dev/loop0", "/dev/dm-0"), timings
+    assert (timings["image_read_bytes"], timings["image_bytes"]) == (96 * 512, 2048 * 512)
+
+
+def test_timings_say_null_when_the_counters_cannot_be_read(machine: Machine) -> None:
+    machine.boot()  # no sysfs counters in this machine: unknown, not zero, and the boot goes on
+    timings = json.loads(machine.k.written["/run/initoverlayfs/timings.json"][-1])
+    assert (timings["image_read_bytes"], timings["image_bytes"]) == (None, None)

@@ -89,6 +89,10 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     assert str(timings["image_device"]).startswith("/dev/dm-"), timings
     assert {"dm_mod", "dm_bufio", "dm_verity"} <= set(timings["modules_loaded"])  # type: ignore[call-overload]
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
+    # the image was read, lazily: some of it (the superblock, the root, init), never all of it
+    read, size = timings["image_read_bytes"], timings["image_bytes"]
+    assert isinstance(read, int) and isinstance(size, int), timings
+    assert 0 < read < size, timings
 
 
 def test_the_cpus_own_sha256_is_loaded_first_where_the_cpu_has_it(
