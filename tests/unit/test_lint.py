@@ -34,7 +34,7 @@ def test_shell_scripts_are_shellcheck_clean() -> None:
         "packaging/install-tree", "packaging/kernel-install/60-initoverlayfs.install",
         "packaging/kernel-install/91-initoverlayfs.install",
         "packaging/dracut/90initoverlayfs/module-setup.sh",
-        *(str(p.relative_to(REPO)) for d in ("debian-hooks", "grub", "deb")
+        *(str(p.relative_to(REPO)) for d in ("debian-hooks", "grub", "deb", "report")
           for p in sorted((REPO / "packaging" / d).iterdir())
           if p.read_bytes().startswith(b"#!/bin/sh")),
         *(str(p.relative_to(REPO)) for p in sorted((REPO / "scripts").iterdir())
