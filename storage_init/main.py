@@ -51,19 +51,24 @@ def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths,
     return 0
 
 
-def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None) -> int:
-    try:
-        text = kernel.read_file(paths.config).decode(errors="replace")
-    except OSError as exc:
-        print(f"storage-init: warning: cannot read {paths.config}: {exc.strerror}",
-              file=sys.stderr)
-        text = ""
+def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None,
+            config: str | None = None, kver: str | None = None) -> int:
+    """The plan, for the config at paths.config (or `config`, a mini-initramfs's own, which
+    initoverlayfs-inspect --plan passes with its kernel version `kver`)."""
+    text = config
+    if text is None:
+        try:
+            text = kernel.read_file(paths.config).decode(errors="replace")
+        except OSError as exc:
+            print(f"storage-init: warning: cannot read {paths.config}: {exc.strerror}",
+                  file=sys.stderr)
+            text = ""
     if cmdline is None:
         cmdline = kernel.read_file(paths.cmdline).decode(errors="replace")
     params = parse_cmdline(cmdline)
     boot = Boot(kernel, Log(kernel), mode, [], {}, paths)
     try:
-        boot.settings = resolve(parse_config(text), params, kernel.uname_release(),
+        boot.settings = resolve(parse_config(text), params, kver or kernel.uname_release(),
                                 DEFAULT_SUBSYSTEMS)
     except ConfigError as exc:
         print(f"storage-init: {exc}", file=sys.stderr)

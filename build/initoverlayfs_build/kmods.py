@@ -246,3 +246,59 @@ def _decompress(ui: Ui, path: Path) -> bytes:
         return run(ui, [need("zstd", "to decompress .ko.zst modules"), "-d", "-c", "-q",
                         os.fspath(path)])
     return data
+
+
+# --- why each module is there ------------------------------------------------------------------
+
+_ROLES = {"loop": "the image's loop device", "erofs": "the image's filesystem (EROFS)",
+          "overlay": "the overlay over the image", "dm_verity": "dm-verity over the image",
+          "nbd": "the bootfs on the network (NBD)"}
+_HASHES = ("sha256", "sha512", "sha384", "sha224", "sha1")
+_FILESYSTEMS = frozenset({"ext4", "ext2", "ext3", "xfs", "btrfs", "vfat", "fat", "msdos",
+                          "f2fs", "exfat"})
+
+
+def reasons(index: ModuleIndex, shipped: Iterable[str]) -> dict[str, str]:
+    """Why each shipped module is in the mini-initramfs, in words: its own role (the image's
+    stack, a storage or network family, the bootfs's filesystem, a hash), else what needs it
+    (modules.dep) or loads it first (modules.softdep), else a driver named for this machine
+    (host-only, --drivers or --add-drivers). Computed from the index alone, so the same for a
+    build's plan and for an inspected mini-initramfs."""
+    names = list(shipped)
+    families: dict[str, str] = {}
+    for kind, table in (("storage", GENERIC), ("network", NETWORK)):
+        members: dict[str, list[str]] = {}
+        for family, modules in table.items():
+            for module in modules:
+                members.setdefault(module, []).append(family)
+        for module, found in members.items():  # storage's word first: virtio_pci is both
+            families.setdefault(module, f"{kind} driver ({', '.join(found)})")
+    needed_by: dict[str, list[str]] = {}
+    softdep_of: dict[str, list[str]] = {}
+    for name in names:
+        for dep in index.deps.get(name, ()):
+            needed_by.setdefault(dep, []).append(name)
+        for soft in index.softdeps.get(name, ()):
+            for resolved in index.resolve(soft):
+                softdep_of.setdefault(resolved, []).append(name)
+    out: dict[str, str] = {}
+    for name in names:
+        base = name.split("_", 1)[0]
+        if name in _ROLES:
+            out[name] = _ROLES[name]
+        elif name in families:
+            out[name] = families[name]
+        elif name in _FILESYSTEMS:
+            out[name] = "the bootfs's filesystem"
+        elif name.startswith("nls_"):
+            out[name] = "a code page the FAT bootfs's mount asks for"
+        elif base in _HASHES and name not in needed_by:
+            out[name] = (f"{base} at its CPU's speed, for the modules' signatures and "
+                         "dm-verity")
+        elif name in needed_by:
+            out[name] = f"needed by {', '.join(needed_by[name])}"
+        elif name in softdep_of:
+            out[name] = f"loaded before {', '.join(softdep_of[name])} (softdep)"
+        else:
+            out[name] = "a driver of this machine's boot disk (host-only, or --drivers)"
+    return out

@@ -1,14 +1,25 @@
-"""initoverlayfs-install(8), made from the same argparse parser as --help, so the two cannot
-disagree: `python -m initoverlayfs_build.manpage > initoverlayfs-install.8` (scripts/package
-does it)."""
+"""initoverlayfs-install(8) and initoverlayfs-inspect(8), made from the same argparse parsers
+as --help, so the two cannot disagree: `python -m initoverlayfs_build.manpage [inspect] >
+FILE.8` (scripts/package and the RPM spec do it)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import install
+from . import inspector, install
 
+INSPECT_FILES = """\
+.SH FILES
+.TP
+.I /run/log/initoverlayfs/timings.json\fR, \fI/run/log/initoverlayfs/released.json
+This boot's report, kept by initoverlayfs\-release.service: storage\-init's timings and the
+image device's read counters at the end of the initrd phase (\fB\-\-boot\fR reads them).
+.SH SEE ALSO
+.BR initoverlayfs\-install (8),
+.BR storage\-init (8),
+.BR systemd\-analyze (1)
+"""
 FILES = """\
 .SH FILES
 .TP
@@ -33,10 +44,13 @@ def roff(text: str) -> str:
     return text.replace("\\", "\\\\").replace("-", "\\-").replace("'", "\\(aq")
 
 
-def render(parser: argparse.ArgumentParser) -> str:
+def render(parser: argparse.ArgumentParser, summary: str = "build the initoverlayfs pair for "
+           "a kernel", files: str = FILES) -> str:
     lines = [f'.TH {parser.prog.upper()} 8 "" "initoverlayfs" "System Administration"',
-             ".SH NAME", f"{roff(parser.prog)} \\- build the initoverlayfs pair for a kernel",
+             ".SH NAME", f"{roff(parser.prog)} \\- {roff(summary)}",
              ".SH SYNOPSIS", f".B {roff(parser.prog)}", "[\\fIOPTIONS\\fR]",
+             *(f"[\\fI{roff(str(a.metavar or a.dest))}\\fR]" for a in parser._actions
+               if not a.option_strings),
              ".SH DESCRIPTION", roff(parser.description or ""), ".SH OPTIONS"]
     for action in parser._actions:  # argparse keeps no public list of them
         if not action.option_strings or action.help == argparse.SUPPRESS:
@@ -48,11 +62,16 @@ def render(parser: argparse.ArgumentParser) -> str:
                 else action.dest.upper())
             names += f" \\fI{roff(str(metavar))}\\fR"
         lines += [".TP", names, roff(action.help or "")]
-    return "\n".join(lines) + "\n" + FILES
+    return "\n".join(lines) + "\n" + files
 
 
-def main() -> int:
-    sys.stdout.write(render(install.parser()))
+def main(argv: list[str] | None = None) -> int:
+    which = (sys.argv[1:] if argv is None else argv) or ["install"]
+    if which == ["inspect"]:
+        sys.stdout.write(render(inspector.parser(), "look into a built pair, verify it, and "
+                                "report a boot", INSPECT_FILES))
+    else:
+        sys.stdout.write(render(install.parser()))
     return 0
 
 

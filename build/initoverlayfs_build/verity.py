@@ -54,17 +54,22 @@ def _blocks(data: bytes) -> list[bytes]:
     return [padded[i:i + BLOCK] for i in range(0, len(padded), BLOCK)]
 
 
-def hash_tree(image: Path, salt: bytes) -> tuple[bytes, list[bytes]]:
-    """(root digest, levels top first, each padded to whole blocks) of a block-aligned file."""
+def hash_tree(image: Path, salt: bytes, data_blocks: int | None = None
+              ) -> tuple[bytes, list[bytes]]:
+    """(root digest, levels top first, each padded to whole blocks) of a block-aligned file,
+    or of its first `data_blocks` blocks (an image with its tree appended, checked again)."""
     size = image.stat().st_size
     if size % BLOCK or size == 0:
         raise ValueError(f"{image} is {size} bytes, not a positive multiple of {BLOCK}")
+    blocks = size // BLOCK if data_blocks is None else data_blocks
     digests = bytearray()
+    left = blocks
     with image.open("rb") as f:
-        while chunk := f.read(BLOCK * 256):
+        while left and (chunk := f.read(BLOCK * min(256, left))):
             digests += _digests(_blocks(chunk), salt)
+            left -= len(chunk) // BLOCK
     levels: list[bytes] = []
-    for _ in level_sizes(size // BLOCK):
+    for _ in level_sizes(blocks):
         levels.append(bytes(digests) + bytes(-len(digests) % BLOCK))
         digests = bytearray(_digests(_blocks(levels[-1]), salt))
     # the digest of the top block (or of the only data block) is the root
