@@ -56,7 +56,7 @@ from xml.etree import ElementTree
 
 import storage_init
 
-from . import elf
+from . import __version__, elf
 from .errors import BuildError
 from .run import need, run
 from .ui import Ui
@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--if-changed", action="store_true",
                         help="do nothing when the folder was frozen from the same sources")
     parser.add_argument("--debug", action="store_true", help="show each command as run")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     ui = Ui("initoverlayfs-freeze", debug=args.debug)
     output = (args.output or cache_dir(args.network)).absolute()

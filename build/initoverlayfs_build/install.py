@@ -21,6 +21,7 @@ from storage_init.modules import SIGNATURE_HASHES, ModuleIndex
 from storage_init.verity import HASH_MODULE
 
 from . import (
+    __version__,
     compress,
     content,
     cpio,
@@ -123,6 +124,11 @@ def parser() -> argparse.ArgumentParser:
                    help="do not append a dm-verity hash tree to the image nor put its root "
                         "hash in the mini-initramfs (default: verified; storage-init then "
                         "refuses an image that is not the one built with it)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and print what would be written (paths, modules and "
+                        "why, compression, verity, the mini-initramfs's size, the image's "
+                        "content), then stop: nothing is written")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--debug", action="store_true", help="show each external command as run")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     return p
@@ -269,7 +275,8 @@ def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
     return names
 
 
-def build(ui: Ui, args: argparse.Namespace) -> Result:
+def build(ui: Ui, args: argparse.Namespace) -> Result | None:
+    """The pair for one kernel, in /boot; None after a dry run (nothing written)."""
     started = time.monotonic()
     sysroot = args.sysroot.resolve()
     if not sysroot.is_dir():
@@ -373,6 +380,16 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
     # (dracut installs the modules itself when it makes the mini-initramfs)
     module_files = ({} if with_dracut
                     else kmods.module_files(ui, moddir, index, selection.modules))
+    if args.dry_run:
+        plan = Plan(kver, boot_dir, existing, method, compression, args.verity, with_dracut,
+                    args.systemd, frozen, dict(kmods.reasons(index, selection.modules)),
+                    module_files, config_text, None if user_config else etc_dir)
+        print_plan(plan, content_summary(args, unpacked, kver, hostonly),
+                   None if with_dracut else cpio_mini_initramfs(
+                       ui, method, frozen, module_files, kver,
+                       build_config(config_text, pair.image_name(kver, "0" * pair.ID_LENGTH),
+                                    None), unpacked))
+        return None
 
     workdirs.remove_stale(ui)
     with tempfile.TemporaryDirectory(prefix=workdirs.prefix(), dir=workdirs.base()) as work:
@@ -432,6 +449,72 @@ def build(ui: Ui, args: argparse.Namespace) -> Result:
                            f"was not written: {exc.message}")
         return Result(boot_dir / pair.mini_name(kver), boot_dir / name, len(initramfs_bytes),
                       image.stat().st_size, selection.modules, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build would do, for --dry-run."""
+
+    kver: str
+    boot_dir: Path
+    existing: list[str]
+    method: str
+    compression: str | None
+    verity: bool
+    with_dracut: bool
+    systemd: bool
+    frozen: Path
+    modules: dict[str, str]  # name -> why, in load order
+    module_files: dict[str, bytes]  # what the cpio writer ships ({} with dracut)
+    config_text: str
+    writes_config: Path | None  # /etc, when the config is made from fstab
+
+
+def content_summary(args: argparse.Namespace, unpacked: initramfs.Unpacked | None, kver: str,
+                    hostonly: bool) -> str:
+    """Where the image's content comes from, and how large it is when that is known now."""
+    if args.from_dir is not None:
+        files = [p for p in args.from_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+        return (f"the tree {args.from_dir}: {len(files)} files, "
+                f"{sum(p.stat().st_size for p in files)} bytes")
+    if unpacked is not None:
+        size = sum(len(e.data) for e in unpacked.entries)
+        return (f"the initramfs {args.from_initramfs}: {len(unpacked.entries)} entries, "
+                f"{size} bytes unpacked")
+    return (f"dracut's {'host-only' if hostonly else 'generic'} initramfs for {kver}, made "
+            "during the build (its size is known then)")
+
+
+def print_plan(plan: Plan, content: str, mini_bytes: bytes | None) -> None:
+    frozen_bytes = sum(p.stat().st_size for p in plan.frozen.rglob("*") if p.is_file())
+    print(f"{PROG} {__version__}: dry run for kernel {plan.kver}; nothing is written")
+    print("would write:")
+    size = (f"{len(mini_bytes)} bytes (within a few hundred: the config's verity keys are "
+            "made with the image)" if mini_bytes is not None else "made by dracut")
+    kind = "systemd initrd made by dracut" if plan.systemd else (
+        "made by dracut" if plan.with_dracut else "our cpio writer")
+    print(f"  {plan.boot_dir / pair.mini_name(plan.kver)}: the mini-initramfs ({kind}, "
+          f"{plan.method}), {size}")
+    print(f"    storage-init from {plan.frozen} ({frozen_bytes} bytes unpacked), "
+          f"{len(plan.modules)} modules ({sum(map(len, plan.module_files.values()))} bytes "
+          "unpacked)")
+    print(f"  {plan.boot_dir / pair.image_name(plan.kver, 'ID')}: the image, EROFS "
+          f"{plan.compression or 'uncompressed'}; ID from its "
+          + ("verity root hash" if plan.verity else "content's sha256"))
+    print(f"    content: {content}")
+    print("    verity: " + ("sha256 hash tree appended to the image (about 1/128 of its size), "
+                            "root hash in the mini-initramfs's config" if plan.verity else
+                            "off (--no-verity): the image is mounted unverified"))
+    if plan.writes_config is not None:
+        print(f"  {plan.writes_config / 'initoverlayfs.conf'}: the config, from /etc/fstab")
+    if plan.existing:
+        print(f"replacing: {', '.join(plan.existing)}")
+    print(f"modules ({len(plan.modules)}, in load order):")
+    for name, why in plan.modules.items():
+        print(f"  {name:<24} {why}")
+    print("config for storage-init (then this build's image name and verity keys):")
+    for line in plan.config_text.splitlines():
+        print(f"  {line}")
 
 
 def cpio_mini_initramfs(ui: Ui, method: str, frozen: Path, module_files: dict[str, bytes],
@@ -518,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; /boot was not changed", file=sys.stderr)
         return 130
+    if result is None:
+        return 0
     ui.info(f"{result.initramfs}: {result.initramfs_size} bytes "
             f"({len(result.modules)} modules)")
     ui.info(f"{result.image}: {result.image_size} bytes")
