@@ -62,6 +62,15 @@ say "multi-user-us=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.
 say "initrd-release=$([ -e /etc/initrd-release ] && echo yes || echo no)"
 say "release-ran=$(systemctl show -P ConditionResult initoverlayfs-release.service)"
 say "release-result=$(systemctl show -P Result initoverlayfs-release.service)"
+# the boot report, as a user gets it (the release unit kept it; inspect reads it back), on
+# one line, and its picture
+if [ -d /run/log/initoverlayfs ]; then
+    say "inspect=$(initoverlayfs-inspect --boot --json --plot /run/log/initoverlayfs/boot.svg |
+        tr -d '\n')"
+    say "plot-bytes=$(wc -c < /run/log/initoverlayfs/boot.svg)"
+    journalctl -b -o cat | grep -c '^initoverlayfs: storage-init timings {' |
+        while read -r count; do say "journal-timings=$count"; done
+fi
 systemctl --failed --no-legend --plain | while read -r unit _; do say "failed=$unit"; done
 systemd-analyze | head -1 | while read -r line; do say "analyze=$line"; done
 say "END"

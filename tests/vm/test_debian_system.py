@@ -9,6 +9,7 @@ and sizes are written to .cache/debian-system/comparison.md."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -17,9 +18,10 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from initoverlayfs_build import initramfs, pair
+from initoverlayfs_build import bootreport, initramfs, pair, svgplot
 from initoverlayfs_build.ui import Ui
 
 from storage_init.steps import SYSTEMD, steps_for
@@ -84,6 +86,8 @@ def rounds(system: System) -> dict[str, list[BootResult]]:
                           memory_mb=1024, timeout=BOOT_TIMEOUT, devices=CLOCK)
             results[mode].append(boot(spec))
     write_comparison(system, results)
+    if results["rdinit"] and finished(results["rdinit"][0]):
+        write_boot_report(results["rdinit"][0])
     return results
 
 
@@ -158,7 +162,8 @@ def test_packages_build_and_ship_every_part(packages: dict[str, Path]) -> None:
     rpm = subprocess.run(["rpm", "-qpl", str(packages["rpm"])], check=True,
                          capture_output=True, text=True).stdout
     for listing in (deb, rpm):
-        for path in ("/usr/bin/initoverlayfs-install",
+        for path in ("/usr/bin/initoverlayfs-install", "/usr/bin/initoverlayfs-inspect",
+                     "/usr/lib/initoverlayfs/keep-boot-report",
                      "/usr/lib/initoverlayfs/storage-init/storage-init",
                      "/usr/lib/dracut/modules.d/90initoverlayfs/module-setup.sh",
                      "/usr/lib/kernel/install.d/60-initoverlayfs.install",
@@ -271,6 +276,52 @@ def test_systemd_mode_ran_storage_init_as_a_service_then_switched_root_into_the_
     # the real root saw the overlay's image under /run/initoverlayfs, and released it
     report = parse_report(console)
     assert (report["release-ran"], report["release-result"]) == (["yes"], ["success"]), why(run)
+
+
+def boot_report(run: BootResult) -> dict[str, Any]:
+    """What `initoverlayfs-inspect --boot --json` printed in the booted real root."""
+    report = reached_multi_user(run)
+    assert "inspect" in report, why(run)
+    value: dict[str, Any] = json.loads(report["inspect"][0])
+    return value
+
+
+@pytest.mark.parametrize("mode", ["rdinit", "systemd"])
+def test_the_boot_report_survives_the_release_and_measures_the_image_read(
+        boots: dict[str, BootResult], mode: str) -> None:
+    run = boots[mode]
+    report = boot_report(run)
+    context = (json.dumps(report, indent=1), why(run))
+    assert report["source"] == "/run/log/initoverlayfs/timings.json", context
+    timings, released = report["timings"], report["released"]
+    assert timings["mode"] == mode, context
+    # lazily read: some of the image by init, more by the end of the initrd, never all of it
+    assert 0 < timings["image_read_bytes"] <= released["image_read_bytes"], context
+    assert released["image_read_bytes"] < released["image_bytes"], context
+    assert timings["image_bytes"] == released["image_bytes"], context
+    # Debian's initrd content, unpacked, is larger than the compressed image
+    assert report["content_bytes"] > released["image_bytes"], context
+    names = [span["name"] for span in report["spans"]]
+    assert {"kernel", "storage-init", "systemd in the initrd",
+            "real root: units to multi-user.target"} <= set(names), context
+    assert {step["name"] for step in timings["steps"]} <= set(names), context
+    parsed = parse_report(run.console)
+    assert int(parsed["plot-bytes"][0]) > 1000, why(run)
+    assert parsed["journal-timings"] == ["1"], why(run)
+
+
+def write_boot_report(run: BootResult) -> None:
+    """One boot's report and its picture, for README (docs/boot-report.*); the tests say
+    what is wrong when it is missing."""
+    printed = parse_report(run.console).get("inspect")
+    if not printed:
+        return
+    report = json.loads(printed[0])
+    (debian_system.CACHE / "boot-report.json").write_text(json.dumps(report, indent=1) + "\n")
+    spans = [bootreport.Span(s["name"], s["start_s"], s["end_s"], s["level"])
+             for s in report["spans"]]
+    (debian_system.CACHE / "boot-report.svg").write_text(
+        svgplot.svg(spans, "initoverlayfs boot, Debian 12 (rdinit mode, QEMU, by instructions)"))
 
 
 def test_plain_dracut_boot_leaves_the_release_unit_idle(boots: dict[str, BootResult]) -> None:
