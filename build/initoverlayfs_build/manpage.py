@@ -12,13 +12,13 @@ from . import inspector, install
 INSPECT_FILES = """\
 .SH FILES
 .TP
-.I /run/log/initoverlayfs/timings.json\fR, \fI/run/log/initoverlayfs/released.json
-This boot's report, kept by initoverlayfs\-release.service: storage\-init's timings and the
-image device's read counters at the end of the initrd phase (\fB\-\-boot\fR reads them).
+.I /run/log/initoverlayfs/timings.json\\fR, \\fI/run/log/initoverlayfs/released.json
+This boot's report, kept by initoverlayfs\\-release.service: storage\\-init's timings and the
+image device's read counters at the end of the initrd phase (\\fB\\-\\-boot\\fR reads them).
 .SH SEE ALSO
-.BR initoverlayfs\-install (8),
-.BR storage\-init (8),
-.BR systemd\-analyze (1)
+.BR initoverlayfs\\-install (8),
+.BR storage\\-init (8),
+.BR systemd\\-analyze (1)
 """
 FILES = """\
 .SH FILES

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import bootreport, freeze, inspector, install, pair
+from initoverlayfs_build import bootreport, freeze, inspector, install, manpage, pair
 
 from storage_init.main import main as storage_init_main
 
@@ -243,3 +243,14 @@ def test_boot_report_without_a_report_says_so(tmp_path: Path,
         pytest.fail(f"this host has {bootreport.SCRATCH_TIMINGS}: the test needs a host that "
                     "did not boot through initoverlayfs")
     assert code == 1 and "no storage-init timings" in out
+
+
+def test_man_pages_carry_every_option_and_no_control_characters(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for which, parser in (([], install.parser()), (["inspect"], inspector.parser())):
+        assert manpage.main(which) == 0
+        page = capsys.readouterr().out
+        assert not [c for c in page if ord(c) < 0x20 and c != "\n"], which
+        for action in parser._actions:
+            for option in action.option_strings:
+                assert option.replace("-", "\\-") in page, (which, option)
