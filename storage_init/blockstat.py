@@ -13,7 +13,7 @@ SECTOR = 512
 def read_bytes(stat: str) -> int:
     """Bytes read from the device since it appeared, from its `stat` file's text."""
     fields = stat.split()
-    if len(fields) < 3 or not fields[2].isdigit():
+    if len(fields) < 3 or not (fields[2].isascii() and fields[2].isdigit()):
         raise ValueError(f"not a block device's stat line: {stat.strip()!r}")
     return int(fields[2]) * SECTOR
 
@@ -21,6 +21,6 @@ def read_bytes(stat: str) -> int:
 def size_bytes(size: str) -> int:
     """The device's size, from its `size` file's text (512-byte sectors)."""
     value = size.strip()
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise ValueError(f"not a block device's size: {value!r}")
     return int(value) * SECTOR

@@ -1,7 +1,8 @@
 """The fuzz tier: every parser of input from outside (the config, the kernel command line,
-device specs, ip=, mountinfo, uevents, fstab, NBD servers, cpio archives, initramfs files)
-and the builder's extraction of hostile archives, under hypothesis with a bounded number of
-examples each (FUZZ_EXAMPLES, default 1000), run by the test command like every tier.
+device specs, ip=, mountinfo, uevents, block device counters, kmsg records, fstab, NBD servers,
+cpio archives, initramfs files) and the builder's extraction of hostile archives, under
+hypothesis with a bounded number of examples each (FUZZ_EXAMPLES, default 1000), run by the
+test command like every tier.
 
 Properties: each parser raises only its own error, on any input; what the builder writes from
 any fstab, storage-init accepts; extracting any archive writes nothing outside its tree."""
@@ -17,11 +18,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from initoverlayfs_build import cpio, fstab, initramfs
+from initoverlayfs_build import bootreport, cpio, fstab, initramfs
 from initoverlayfs_build.errors import BuildError
 from initoverlayfs_build.ui import Ui
 
-from storage_init import nbdproto
+from storage_init import blockstat, nbdproto
 from storage_init.cmdline import parse_cmdline
 from storage_init.config import DEFAULT_SUBSYSTEMS, ConfigError, config_lines, parse_config
 from storage_init.devspec import SpecError, parse_spec
@@ -90,6 +91,20 @@ def test_device_specs_and_network_forms_raise_only_value_errors(text: str) -> No
 def test_kernel_texts_parse_without_exceptions(mountinfo: str, uevent: bytes) -> None:
     parse_mountinfo(mountinfo)
     parse_uevent(uevent)
+
+
+@FUZZ
+@given(st.text(max_size=200), st.lists(st.text(max_size=80), max_size=6))
+def test_the_boot_reports_kernel_texts_raise_only_value_errors(stat_text: str,
+                                                                records: list[str]) -> None:
+    # a block device's counters and size (storage-init's and the report's), /dev/kmsg records
+    # and `systemctl show` lines (initoverlayfs-inspect --boot)
+    for parse in (blockstat.read_bytes, blockstat.size_bytes):
+        with contextlib.suppress(ValueError):
+            assert parse(stat_text) >= 0
+    assert all(value >= 0 for value in bootreport.kmsg_marks(records).values())
+    joined = "\n".join(records)
+    assert all(value > 0 for value in bootreport.systemd_marks(joined, joined).values())
 
 
 @FUZZ
