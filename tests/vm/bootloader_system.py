@@ -125,6 +125,26 @@ def base_key(machine: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def debootstrapped(suite: str) -> Path:
+    """debootstrap's tree of `suite` (minbase with systemd), made once for the machines that
+    start from it (both Debian 13 machines: a cold cache debootstraps once, not twice). Called
+    under base_disk's lock."""
+    key = hashlib.sha256("\n".join([suite, debian_system.MIRROR, *debian_system.BASE,
+                                     "v1"]).encode()).hexdigest()[:12]
+    done = CACHE / f"debootstrap-{suite}-{key}"
+    if done.is_dir():
+        return done
+    for stale in CACHE.glob(f"debootstrap-{suite}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = CACHE / f"partial-debootstrap-{suite}"
+    shutil.rmtree(partial, ignore_errors=True)
+    subprocess.run(["debootstrap", "--variant=minbase",
+                    f"--include={','.join(debian_system.BASE)}", suite, str(partial),
+                    debian_system.MIRROR], check=True, capture_output=True)
+    partial.rename(done)
+    return done
+
+
 def base_tree(machine: str, root: Path) -> None:
     """Debian with systemd, its generic kernel, its initramfs generator and bootloader's
     package, at `root`."""
@@ -134,9 +154,7 @@ def base_tree(machine: str, root: Path) -> None:
         extra: tuple[str, ...] = ()
         update = "apt-get update -q && "
     else:
-        subprocess.run(["debootstrap", "--variant=minbase",
-                        f"--include={','.join(debian_system.BASE)}", suite, str(root),
-                        debian_system.MIRROR], check=True, capture_output=True)
+        subprocess.run(["cp", "-a", str(debootstrapped(suite)), str(root)], check=True)
         extra, update = TRIXIE_PACKAGES, ""
     if machine == SYSTEMD_BOOT:
         (root / "etc/dracut.conf.d").mkdir(parents=True, exist_ok=True)
