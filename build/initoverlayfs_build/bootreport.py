@@ -5,9 +5,9 @@ initrd, the kernel's own marks from /dev/kmsg and systemd's timestamps, as one t
 Why the report carries the split and systemd-analyze cannot: systemd takes the initrd's start
 as its own start when it runs in an initrd (src/core/main.c: in_initrd() -> the initrd
 timestamp is its userspace timestamp), and RD_TIMESTAMP, the variable through which an earlier
-stage could hand over its start, was removed from systemd in 2012 (commit c72aadd); systemd
-issues 29389 and 32726 ask for a way back, open. So `systemd-analyze` counts storage-init's
-whole run, and in rdinit mode everything before systemd, as kernel time."""
+stage could hand over its start, was removed from systemd (commit c72aadd); systemd issue 32726
+asks for a way back, open. So in rdinit mode `systemd-analyze` counts storage-init's whole run
+as kernel time."""
 
 from __future__ import annotations
 
@@ -55,7 +55,11 @@ class Report:
         out: list[Span] = []
         t = self.timings or {}
         entered = t.get("entered_boottime_s") or t.get("started_boottime_s")
-        kernel_end = self.kernel.get("run_init", entered)
+        # the kernel's part ends at its "Run /init"; without that mark, where the next thing
+        # started: the mini-initramfs's systemd in systemd mode, else storage-init itself
+        kernel_end = (self.kernel.get("run_init")
+                      or (self.systemd.get("initrd") if t.get("mode") == "systemd" else None)
+                      or entered)
         if kernel_end:
             out.append(Span("kernel", 0.0, kernel_end))
         if "unpack_start" in self.kernel and "unpack_end" in self.kernel:

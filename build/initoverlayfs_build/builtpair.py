@@ -139,7 +139,8 @@ def default_image(mini: Mini) -> Path:
     if named is None:
         kver = mini.kver or "KVER"
         return mini.path.parent / pair.legacy_image_name(kver)
-    return mini.path.parent / named.rsplit("/", 1)[-1]
+    # `$kver` as storage-init expands it (storage_init.settings.resolve)
+    return mini.path.parent / named.replace("$kver", mini.kver or "$kver").rsplit("/", 1)[-1]
 
 
 def read_image(ui: Ui, path: Path) -> Image:
