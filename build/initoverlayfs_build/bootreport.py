@@ -65,9 +65,15 @@ class Report:
         if "unpack_start" in self.kernel and "unpack_end" in self.kernel:
             out.append(Span("unpack the initramfs", self.kernel["unpack_start"],
                             self.kernel["unpack_end"], 1))
+        rdinit = t.get("mode") == "rdinit"
         if t:
             started, finished = t["started_boottime_s"], t["finished_boottime_s"]
-            out.append(Span("storage-init", entered or started, finished))
+            begin = entered or started
+            if rdinit and kernel_end and kernel_end < begin:  # it starts at the kernel's exec
+                out.append(Span("storage-init", kernel_end, finished))
+                out.append(Span("exec, until its first line", kernel_end, begin, 1))
+            else:
+                out.append(Span("storage-init", begin, finished))
             if entered and started > entered:
                 out.append(Span("start (Python, imports)", entered, started, 1))
             at = started
@@ -76,6 +82,9 @@ class Report:
                 out.append(Span(step["name"], at, end, 1))
                 at = end
         initrd, userspace = self.systemd.get("initrd"), self.systemd.get("userspace")
+        if rdinit and initrd and initrd > t["finished_boottime_s"]:
+            # the exec of the image's init and its start, its pages read through the image
+            out.append(Span("exec init from the image", t["finished_boottime_s"], initrd))
         if initrd and userspace:
             out.append(Span("systemd in the initrd", initrd, userspace))
         target = self.systemd.get("multi_user")

@@ -202,11 +202,12 @@ def check_image(mini: Mini, image: Path) -> str | None:
         return f"cannot read {image}: {exc.strerror}"
     problem = check_superblock(expected, block, size)
     if problem:
-        own = _own_tree_salt(image)
-        if own is not None and own != expected.salt:
+        own = _own_tree(image)
+        if own is not None and own != (expected.data_blocks, expected.salt):
             return (f"{image}: it is not the image this mini-initramfs was built with: it "
-                    f"carries another build's hash tree (salt {own[:16]}..., the config "
-                    f"expects {expected.salt[:16]}...)")
+                    f"carries another build's hash tree ({own[0]} blocks, salt "
+                    f"{own[1][:16]}...; the config expects {expected.data_blocks} blocks, "
+                    f"salt {expected.salt[:16]}...)")
         return f"{image}: {problem}"
     salt = bytes.fromhex(expected.salt)
     root, levels = verity.hash_tree(image, salt, expected.data_blocks)
@@ -229,9 +230,10 @@ EROFS_MAGIC = 0xE0F5E1E2
 EROFS_SUPERBLOCK = 1024  # its offset; magic at +0, blkszbits at +12, blocks at +36
 
 
-def _own_tree_salt(image: Path) -> str | None:
-    """The salt of the verity tree the image itself carries right after its EROFS data (the
-    builder appends it there), or None: tells another build's image from a cut one."""
+def _own_tree(image: Path) -> tuple[int, str] | None:
+    """(data blocks, salt) of the verity tree the image itself carries right after its EROFS
+    data (the builder appends it there), or None: tells another build's image from a cut
+    one. (Two builds of a kernel in the same second share a salt; their sizes differ.)"""
     try:
         with image.open("rb") as f:
             head = f.read(EROFS_SUPERBLOCK + 40)[EROFS_SUPERBLOCK:]
@@ -245,7 +247,7 @@ def _own_tree_salt(image: Path) -> str | None:
     if len(block) < SUPERBLOCK.size or not block.startswith(SIGNATURE):
         return None
     fields = SUPERBLOCK.unpack_from(block)
-    return bytes(fields[9][:fields[8]]).hex()
+    return fields[7], bytes(fields[9][:fields[8]]).hex()
 
 
 def _check_unverified(mini: Mini, image: Path) -> str | None:

@@ -209,7 +209,11 @@ def test_report_timeline_from_every_source() -> None:
     spans = {s.name: s for s in report.spans()}
     assert (spans["kernel"].start, spans["kernel"].end) == (0.0, 1.49)
     assert (spans["unpack the initramfs"].start, spans["unpack the initramfs"].end) == (0.9, 1.1)
-    assert (spans["storage-init"].start, spans["storage-init"].end) == (1.5, 1.9)
+    # in rdinit mode storage-init's part starts at the kernel's exec, before its first line
+    assert (spans["storage-init"].start, spans["storage-init"].end) == (1.49, 1.9)
+    assert spans["exec, until its first line"].ms == pytest.approx(10.0)
+    assert (spans["exec init from the image"].start, spans["exec init from the image"].end
+            ) == (1.9, 2.0)
     assert spans["start (Python, imports)"].ms == pytest.approx(60.0)
     assert spans["wait-bootfs"].start == pytest.approx(1.57)
     assert spans["wait-bootfs"].ms == pytest.approx(300)
