@@ -235,5 +235,5 @@ def collect(report_dir: Path = REPORT_DIR, *, live: bool = True) -> Report:
     elif report.timings.get("mode") == "rdinit":
         report.notes.append("systemd-analyze counts everything before the initrd's systemd "
                             "(the kernel and storage-init) as kernel time: systemd has no way "
-                            "to be told an earlier start (see README, \"The boot report\")")
+                            "to be told an earlier start (README: \"What a boot did\")")
     return report

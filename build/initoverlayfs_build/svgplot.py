@@ -12,6 +12,7 @@ from .bootreport import Span
 ROW = 22
 LABEL = 300  # px for the names
 WIDTH = 900  # px for the time axis
+MARGIN = 90  # px after it, for the last bar's duration
 COLOURS = ("#4e79a7", "#f28e2b")  # a span, a part of one
 
 
@@ -30,7 +31,7 @@ def svg(spans: Sequence[Span], title: str) -> str:
     end = max((s.end for s in spans), default=1.0) or 1.0
     scale = WIDTH / end
     height = ROW * (len(spans) + 3)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL + WIDTH + 20}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL + WIDTH + MARGIN}" '
            f'height="{height}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="10" y="16" font-size="14">{escape(title)}</text>']
@@ -43,7 +44,7 @@ def svg(spans: Sequence[Span], title: str) -> str:
         y = ROW * row + 4
         x, w = LABEL + span.start * scale, max((span.end - span.start) * scale, 1.0)
         colour = COLOURS[min(span.level, 1)]
-        label = escape(("  " * span.level) + span.name)
+        label = escape(span.name)  # indented by its x
         out.append(f'<text x="{10 + 14 * span.level}" y="{y + 13}">{label}</text>')
         out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{ROW - 6}" '
                    f'fill="{colour}"><title>{escape(span.name)}: {span.ms:.1f} ms</title></rect>')
