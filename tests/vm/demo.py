@@ -42,6 +42,8 @@ def main() -> int:
     for step in timings["steps"]:  # type: ignore[attr-defined]
         print(f"  {step['name']:<16}{step['ms']:>10.1f} ms")
     print(f"  {'total':<16}{timings['total_ms']:>10.1f} ms")
+    print(f"image read      {timings['image_read_bytes']:,} of {timings['image_bytes']:,} bytes "
+          f"of {timings['image_device']} when init took over (the rest is read as used)")
     print(f"time to init    {result['uptime']} s (guest uptime when /sbin/init started as "
           f"PID {result['pid']})")
     print(f"root            {str(result['root']).split()[0]} over {result['lower']}")
