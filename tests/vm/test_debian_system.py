@@ -34,7 +34,7 @@ from .qemu import ICOUNT, BootResult, VmSpec, boot
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("rdinit", "systemd", "dracut")
-ROUNDS = 5  # boots of each way
+ROUNDS = 3  # boots of each way (by instructions they repeat to tens of ms)
 BOOT_TIMEOUT = 300  # s; a boot here takes 40-60 s under TCG
 # The guest's clock on instructions (qemu.ICOUNT): under plain TCG one way's 5 boots spread by
 # 5 to 28 s, as wide as the differences between the ways, because TCG's speed follows the
