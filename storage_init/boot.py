@@ -7,6 +7,7 @@ import sys
 
 from . import TYPE_CHECKING, blockstat, jsonout
 from .cmdline import DEBUG, Param, flag
+from .config import CONFIG_PATH
 from .emergency import Policy, emergency
 from .errors import BootError
 from .log import Log
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 class Paths:
     """Where things are; tests point these elsewhere, a real boot never does."""
 
-    config: str = "/etc/initoverlayfs.conf"
+    config: str = CONFIG_PATH
     cmdline: str = "/proc/cmdline"
     sysfs: str = "/sys"
     dev: str = "/dev"

@@ -1,4 +1,6 @@
-"""/etc/initoverlayfs.conf: the upstream `key value` format, parsed without touching the system.
+"""/etc/initoverlayfs.conf: the upstream `key value` format, parsed without touching the system,
+and the rest of what initoverlayfs-install and storage-init must agree on (the image's name,
+the verity keys): one definition for both halves.
 
 The file is shared with the installer, so its keys are accepted here and ignored. A key this
 program does not know is a warning naming the line; a known key with an unusable value is a
@@ -7,16 +9,32 @@ program does not know is a warning naming the line; a known key with an unusable
 
 from __future__ import annotations
 
+from . import TYPE_CHECKING
 from .devspec import DeviceSpec, SpecError, parse_spec
 from .netconf import IpConfig, parse_ip
 from .record import field, record
-from .verity import DIGEST, parse_hex
+from .verity import BLOCK, DIGEST, Verity, parse_hex
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# The contract between initoverlayfs-install and storage-init: where the config is, what the
+# image's file is called, and (KEYS, below) every key of the config: its parser, its default
+# and its meaning, from which storage-init parses, the builder writes and checks, and README's
+# table is made (tests/unit/test_config_table.py keeps README equal to it).
 CONFIG_PATH = "/etc/initoverlayfs.conf"
+IMAGE_PREFIX = "initoverlayfs-"
 DEFAULT_SUBSYSTEMS = ("block", "virtio", "pci", "nvme", "scsi")
-INSTALLER_KEYS = frozenset(
-    {"initoverlayfs_builder", "initrd_builder", "erofs_compression", "initoverlayfs_init"}
-)
+
+
+def image_name(kver: str, image_id: str | None = None) -> str:
+    """`initoverlayfs-KVER-ID.img`, one build's image (ID from its root hash or content);
+    without an ID `initoverlayfs-KVER.img`, the C original's name and storage-init's default."""
+    return f"{IMAGE_PREFIX}{kver}-{image_id}.img" if image_id else f"{IMAGE_PREFIX}{kver}.img"
+
+
+DEFAULT_FS = "/" + image_name("$kver")
+
 # Character sets, not regexes: storage-init does not import re (see storage_init/globs.py).
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _SUBSYSTEM_CHARS = _NAME_CHARS | {":"}
@@ -92,17 +110,18 @@ def parse_config(text: str) -> Config:
     warnings: list[str] = []
     for number, key, value in config_lines(text):
         where = f"line {number} ({key})"
-        if key in INSTALLER_KEYS:
-            continue
-        if key not in _PARSERS:
+        known = BY_NAME.get(key)
+        if known is None:
             warnings.append(f"line {number}: unknown key {key!r} ignored")
+            continue
+        if known.parse is None:  # the installer's
             continue
         if not value:
             raise ConfigError(f"{where}: no value")
         if key in values:
             warnings.append(f"line {number}: {key} given again; the last one wins")
         try:
-            values[key] = _PARSERS[key](value)
+            values[key] = known.parse(value)
         except (ValueError, SpecError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return Config(**values, warnings=tuple(warnings))  # type: ignore[arg-type]
@@ -128,16 +147,80 @@ def _hint(value: str) -> str:
     return value
 
 
-_PARSERS = {
-    "bootfs": parse_spec,
-    "bootfs_hint": _hint,
-    "bootfstype": parse_fstype,
-    "fs": parse_image_path,
-    "fstype": parse_fstype,
-    "udev_trigger": parse_subsystems,
-    "ip": parse_ip,
-    "verity_roothash": lambda v: parse_hex(v, "the root hash", 2 * DIGEST),
-    "verity_salt": lambda v: parse_hex(v, "the salt"),
-    "verity_data_blocks": _count,
-    "verity_hash_offset": _count,
-}
+@record(frozen=True)
+class Key:
+    """One key of the config."""
+
+    name: str
+    parse: Callable[[str], object] | None  # None: the installer's, accepted and ignored here
+    meaning: str
+    default: str  # in words
+    per_build: bool = False  # written by initoverlayfs-install into the mini-initramfs's copy
+
+
+_VERITY_WORDS = ("the image's dm-verity root hash (64 hex digits), salt (hex), size in 4 KiB "
+                 "blocks and the byte where its hash tree's superblock starts; written into "
+                 "the mini-initramfs's copy by `initoverlayfs-install` for each build, never "
+                 "into the sysroot's file")
+_INSTALLER = "read by `initoverlayfs-install` (the C original's installer keys are accepted)"
+KEYS = (
+    Key("bootfs", parse_spec,
+        "the device holding the image: `UUID=`, `LABEL=`, `PARTUUID=`, `PARTLABEL=`, a `/dev` "
+        "path, or an NBD export `nbd:HOST[:PORT]/EXPORT`",
+        "required (here or on the command line)"),
+    Key("bootfs_hint", _hint, "a `/dev` path tried first", "none"),
+    Key("bootfstype", parse_fstype,
+        "filesystem of the bootfs; the builder ships only its module (without it, and without "
+        "an fstab entry for /boot, those of ext4, xfs, btrfs and vfat)",
+        "what its superblock says"),
+    Key("ip", parse_ip,
+        "for an `nbd:` bootfs, the one link to bring up, in `ip=`'s static form (below)", "none"),
+    Key("fs", parse_image_path,
+        "image path inside the bootfs (no `..`); `$kver` stands for the running kernel's "
+        "release. The builder writes each build's own file name into the mini-initramfs's "
+        "copy, keeping this key's directory", f"`{DEFAULT_FS}`", per_build=True),
+    Key("fstype", parse_fstype, "filesystem of the image", "`erofs`"),
+    Key("udev_trigger", parse_subsystems,
+        "subsystems to trigger: a list, or the original's `udevadm trigger ... "
+        "--subsystem-match=X`; `module` is accepted and skipped (a module's uevent has no "
+        "modalias)", f"`{' '.join(DEFAULT_SUBSYSTEMS)}`"),
+    Key("verity_roothash", lambda v: parse_hex(v, "the root hash", 2 * DIGEST), _VERITY_WORDS,
+        "none: the image is mounted unverified", per_build=True),
+    Key("verity_salt", lambda v: parse_hex(v, "the salt"), _VERITY_WORDS,
+        "none: the image is mounted unverified", per_build=True),
+    Key("verity_data_blocks", _count, _VERITY_WORDS,
+        "none: the image is mounted unverified", per_build=True),
+    Key("verity_hash_offset", _count, _VERITY_WORDS,
+        "none: the image is mounted unverified", per_build=True),
+    Key("erofs_compression", None, "the image's compression, as mkfs.erofs -z takes it; "
+        + _INSTALLER, "the best the tools and the kernel allow"),
+    Key("initoverlayfs_builder", None, _INSTALLER, "-"),
+    Key("initrd_builder", None, _INSTALLER, "-"),
+    Key("initoverlayfs_init", None, _INSTALLER, "-"),
+)
+BY_NAME = {key.name: key for key in KEYS}
+PER_BUILD = frozenset(key.name for key in KEYS if key.per_build)
+
+
+def verity_lines(tree: Verity) -> str:
+    """The verity keys of one build, as the builder writes them (`verity_of` reads them)."""
+    return (f"verity_roothash {tree.root_hash}\n"
+            f"verity_salt {tree.salt}\n"
+            f"verity_data_blocks {tree.data_blocks}\n"
+            f"verity_hash_offset {tree.hash_offset}\n")
+
+
+def verity_of(config: Config) -> Verity | None:
+    if config.verity_roothash is None:
+        return None
+    if config.verity_data_blocks is None:
+        raise ConfigError("verity_roothash without verity_data_blocks: rerun "
+                          "initoverlayfs-install, which writes both")
+    offset = config.verity_hash_offset
+    if offset is None:
+        offset = config.verity_data_blocks * BLOCK
+    if offset % BLOCK or offset < config.verity_data_blocks * BLOCK:
+        raise ConfigError(f"verity_hash_offset {offset} must be a multiple of {BLOCK} past the "
+                          f"{config.verity_data_blocks} data blocks")
+    return Verity(config.verity_roothash, config.verity_salt or "", config.verity_data_blocks,
+                  offset)

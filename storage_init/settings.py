@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from . import TYPE_CHECKING
 from .cmdline import Param, flag, last_value
-from .config import Config, ConfigError, parse_fstype, parse_image_path
+from .config import DEFAULT_FS, Config, ConfigError, parse_fstype, parse_image_path, verity_of
 from .devspec import DeviceSpec, SpecError, parse_spec
 from .emergency import ACTIONS
 from .netconf import STATIC_FORM, IpConfig, parse_ip
 from .record import record
-from .verity import BLOCK, Verity
+from .verity import Verity
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -112,7 +112,7 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
 
     init = arg("init") or last_value(params, "init") or None
     image = (checked("fs", parse_image_path, config.fs)
-             or f"/initoverlayfs-{kver}.img").replace("$kver", kver)
+             or DEFAULT_FS).replace("$kver", kver)
     tree = verity_of(config)
     wanted = flag(params, VERITY)
     if wanted and tree is None:
@@ -141,19 +141,3 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         network=network,
         warnings=tuple(warnings),
     )
-
-
-def verity_of(config: Config) -> Verity | None:
-    if config.verity_roothash is None:
-        return None
-    if config.verity_data_blocks is None:
-        raise ConfigError("verity_roothash without verity_data_blocks: rerun "
-                          "initoverlayfs-install, which writes both")
-    offset = config.verity_hash_offset
-    if offset is None:
-        offset = config.verity_data_blocks * BLOCK
-    if offset % BLOCK or offset < config.verity_data_blocks * BLOCK:
-        raise ConfigError(f"verity_hash_offset {offset} must be a multiple of {BLOCK} past the "
-                          f"{config.verity_data_blocks} data blocks")
-    return Verity(config.verity_roothash, config.verity_salt or "", config.verity_data_blocks,
-                  offset)

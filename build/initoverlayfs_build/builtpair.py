@@ -10,9 +10,15 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage_init.config import CONFIG_PATH, ConfigError, parse_config
+from storage_init.config import (
+    CONFIG_PATH,
+    IMAGE_PREFIX,
+    ConfigError,
+    image_name,
+    parse_config,
+    verity_of,
+)
 from storage_init.modules import parse_index
-from storage_init.settings import verity_of
 from storage_init.verity import BLOCK, SIGNATURE, SUPERBLOCK, Verity, check_superblock
 
 from . import cpio, initramfs, kmods, pair, verity
@@ -138,7 +144,7 @@ def default_image(mini: Mini) -> Path:
     named = mini.image_path()
     if named is None:
         kver = mini.kver or "KVER"
-        return mini.path.parent / pair.legacy_image_name(kver)
+        return mini.path.parent / image_name(kver)
     # `$kver` as storage-init expands it (storage_init.settings.resolve)
     return mini.path.parent / named.replace("$kver", mini.kver or "$kver").rsplit("/", 1)[-1]
 
@@ -252,7 +258,7 @@ def _own_tree(image: Path) -> tuple[int, str] | None:
 
 def _check_unverified(mini: Mini, image: Path) -> str | None:
     named = (mini.image_path() or "").rsplit("/", 1)[-1]
-    head = f"{pair.IMAGE_PREFIX}{mini.kver}-"
+    head = f"{IMAGE_PREFIX}{mini.kver}-"
     wanted = named[len(head):-len(".img")] if named.startswith(head) else ""
     if len(wanted) != pair.ID_LENGTH:
         return (f"the mini-initramfs has no verity keys and names {named or 'no image'}, "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from storage_init.config import CONFIG_PATH
+
 from .errors import BuildError
 from .run import need, run
 from .ui import Ui
@@ -56,7 +58,7 @@ def mini_initramfs(ui: Ui, *, sysroot: Path, kver: str, systemd: bool, frozen: P
     modules = [*(SYSTEMD_MODULES if systemd else ()), MODULE]
     argv = [*_base(dracut, sysroot, kver), "--no-hostonly", "--no-hostonly-cmdline",
             "--modules", " ".join(modules), "--add-drivers", " ".join(drivers),
-            "--include", os.fspath(config), "/etc/initoverlayfs.conf"]
+            "--include", os.fspath(config), CONFIG_PATH]
     argv += ["--compress", COMPRESS[compress]] if compress in COMPRESS else ["--no-compress"]
     argv.append(os.fspath(target))
     what = "systemd" if systemd else "rdinit"

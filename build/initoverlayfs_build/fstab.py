@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage_init.config import DEFAULT_SUBSYSTEMS, parse_fstype
+from storage_init.config import DEFAULT_SUBSYSTEMS, image_name, parse_fstype
 from storage_init.devspec import SpecError, parse_spec
 from storage_init.mounts import unescape
 
@@ -83,7 +83,7 @@ def config_text(boot: BootFs, erofs_compression: str | None) -> str:
         lines.append(f"bootfstype {boot.fstype}")
     if boot.image_dir:
         lines.append("# /boot is a directory of the root filesystem, not a filesystem of its own")
-        lines.append(f"fs {boot.image_dir}/initoverlayfs-$kver.img")
+        lines.append(f"fs {boot.image_dir}/{image_name('$kver')}")
     lines.append("fstype erofs")
     lines.append("udev_trigger " + " ".join(DEFAULT_SUBSYSTEMS))
     if erofs_compression:

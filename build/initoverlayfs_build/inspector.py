@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from storage_init.config import CONFIG_PATH
+
 from . import __version__, bootreport, builtpair, svgplot
 from .errors import BuildError
 from .ui import Ui
@@ -104,7 +106,7 @@ def print_description(d: dict[str, Any]) -> None:
     print(f"modules ({len(mini['modules'])}, in load order):")
     for m in mini["modules"]:
         print(f"  {m['name']:<24} {m['bytes']:>9}  {m['why']}")
-    print("config (/etc/initoverlayfs.conf inside):")
+    print(f"config ({CONFIG_PATH} inside):")
     for line in mini["config"].splitlines():
         print(f"  {line}")
     print(f"image {image['path']}:")
@@ -162,7 +164,7 @@ def plan(args: argparse.Namespace, mini: builtpair.Mini) -> int:
     from storage_init.kernel import Kernel
     from storage_init.main import dry_run
 
-    paths = Paths(config=f"{args.mini}:/etc/initoverlayfs.conf")
+    paths = Paths(config=f"{args.mini}:{CONFIG_PATH}")
     return dry_run(Kernel(), mini.mode, paths, args.cmdline, mini.config, mini.kver)
 
 

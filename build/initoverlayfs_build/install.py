@@ -16,9 +16,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage_init.config import ConfigError, config_lines, parse_config
+from storage_init.config import (
+    CONFIG_PATH,
+    PER_BUILD,
+    ConfigError,
+    config_lines,
+    image_name,
+    parse_config,
+    verity_lines,
+)
 from storage_init.modules import SIGNATURE_HASHES, ModuleIndex
-from storage_init.verity import HASH_MODULE
+from storage_init.verity import HASH_MODULE, Verity
 
 from . import (
     __version__,
@@ -44,6 +52,7 @@ from .run import need
 from .ui import Ui
 
 PROG = "initoverlayfs-install"
+CONFIG_NAME = Path(CONFIG_PATH).name  # under the sysroot's etc/
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,16 +156,15 @@ class Result:
 VERITY_MODULE = "dm-verity"  # with dm-mod and dm-bufio, through modules.dep
 
 
-def build_config(config_text: str, image: str, tree: verity.Verity | None) -> str:
+def build_config(config_text: str, image: str, tree: Verity | None) -> str:
     """The mini-initramfs config: the user's lines without the keys that belong to one build
     (they never go into the sysroot's file), then this build's: the image's own name in the
     directory the user's `fs` names (the bootfs's root by default), and the verity keys."""
     directory = image_directory(config_text)
-    kept = [line for line in config_text.splitlines()
-            if not (_key(line) == "fs" or _key(line).startswith("verity_"))]
+    kept = [line for line in config_text.splitlines() if _key(line) not in PER_BUILD]
     text = "\n".join(kept).rstrip("\n") + "\n"
     text += f"fs {directory}/{image}\n"
-    return text + tree.config_lines() if tree else text
+    return text + verity_lines(tree) if tree else text
 
 
 def image_directory(config_text: str) -> str:
@@ -203,7 +211,7 @@ def pick_kver(sysroot: Path, requested: str | None) -> str:
 def read_config(ui: Ui, etc_dir: Path) -> tuple[str | None, dict[str, str]]:
     """The user's config text (None when missing or blank) and its raw key/values, after
     checking storage-init would accept it: a config it rejects would fail the boot."""
-    path = etc_dir / "initoverlayfs.conf"
+    path = etc_dir / CONFIG_NAME
     try:
         text = path.read_bytes().decode()
     except FileNotFoundError:
@@ -387,7 +395,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
         print_plan(plan, content_summary(args, unpacked, kver, hostonly),
                    None if with_dracut else cpio_mini_initramfs(
                        ui, method, frozen, module_files, kver,
-                       build_config(config_text, pair.image_name(kver, "0" * pair.ID_LENGTH),
+                       build_config(config_text, image_name(kver, "0" * pair.ID_LENGTH),
                                     None), unpacked))
         return None
 
@@ -415,15 +423,15 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
                 tree_info = verity.append(image, verity_salt(uuid),
                                           bytes.fromhex(uuid.replace("-", "")))
             ui.info(f"verity root hash {tree_info.root_hash} "
-                    f"(+{tree_info.added_bytes} bytes of hash tree)")
-        name = pair.image_name(kver, pair.image_id(
+                    f"(+{tree_info.file_size - tree_info.hash_offset} bytes of hash tree)")
+        name = image_name(kver, pair.image_id(
             image, tree_info.root_hash if tree_info else None))
         mini_config = checked_config(build_config(config_text, name, tree_info),
                                      "the mini-initramfs's config")
 
         # --- the mini-initramfs ---
         if with_dracut:
-            config_file = workdir / "initoverlayfs.conf"
+            config_file = workdir / CONFIG_NAME
             config_file.write_text(mini_config)
             inside = "/" / frozen.resolve().relative_to(sysroot)
             made = dracut.mini_initramfs(
@@ -441,11 +449,11 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
             # The mini-initramfs carries its own copy: this file only spares the next build
             # the reading of fstab, so failing to write it is no reason to fail this one.
             try:
-                output.write_file_atomically(etc_dir / "initoverlayfs.conf",
+                output.write_file_atomically(etc_dir / CONFIG_NAME,
                                              config_text.encode())
-                ui.info(f"wrote {etc_dir / 'initoverlayfs.conf'} from /etc/fstab")
+                ui.info(f"wrote {etc_dir / CONFIG_NAME} from /etc/fstab")
             except BuildError as exc:
-                ui.warning(f"the new pair is in place, but {etc_dir / 'initoverlayfs.conf'} "
+                ui.warning(f"the new pair is in place, but {etc_dir / CONFIG_NAME} "
                            f"was not written: {exc.message}")
         return Result(boot_dir / pair.mini_name(kver), boot_dir / name, len(initramfs_bytes),
                       image.stat().st_size, selection.modules, time.monotonic() - started)
@@ -498,7 +506,7 @@ def print_plan(plan: Plan, content: str, mini_bytes: bytes | None) -> None:
     print(f"    storage-init from {plan.frozen} ({frozen_bytes} bytes unpacked), "
           f"{len(plan.modules)} modules ({sum(map(len, plan.module_files.values()))} bytes "
           "unpacked)")
-    print(f"  {plan.boot_dir / pair.image_name(plan.kver, 'ID')}: the image, EROFS "
+    print(f"  {plan.boot_dir / image_name(plan.kver, 'ID')}: the image, EROFS "
           f"{plan.compression or 'uncompressed'}; ID from its "
           + ("verity root hash" if plan.verity else "content's sha256"))
     print(f"    content: {content}")
@@ -506,7 +514,7 @@ def print_plan(plan: Plan, content: str, mini_bytes: bytes | None) -> None:
                             "root hash in the mini-initramfs's config" if plan.verity else
                             "off (--no-verity): the image is mounted unverified"))
     if plan.writes_config is not None:
-        print(f"  {plan.writes_config / 'initoverlayfs.conf'}: the config, from /etc/fstab")
+        print(f"  {plan.writes_config / CONFIG_NAME}: the config, from /etc/fstab")
     if plan.existing:
         print(f"replacing: {', '.join(plan.existing)}")
     print(f"modules ({len(plan.modules)}, in load order):")

@@ -1,11 +1,14 @@
 """initoverlayfs-install(8) and initoverlayfs-inspect(8), made from the same argparse parsers
 as --help, so the two cannot disagree: `python -m initoverlayfs_build.manpage [inspect] >
-FILE.8` (scripts/package and the RPM spec do it)."""
+FILE.8` (scripts/package and the RPM spec do it); and README's table of the config's keys
+(`... manpage config-table`), from the keys' one definition."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from storage_init.config import KEYS
 
 from . import inspector, install
 
@@ -65,9 +68,28 @@ def render(parser: argparse.ArgumentParser, summary: str = "build the initoverla
     return "\n".join(lines) + "\n" + files
 
 
+def config_table() -> str:
+    """README's table of the config's keys, from storage_init.config.KEYS (the keys of one
+    meaning share a row)."""
+    rows: list[tuple[list[str], str, str]] = []
+    for key in KEYS:
+        if key.parse is None:
+            continue  # the installer's: named in the sentence under the table
+        if rows and rows[-1][1:] == (key.meaning, key.default):
+            rows[-1][0].append(key.name)
+        else:
+            rows.append(([key.name], key.meaning, key.default))
+    lines = ["| key | meaning | default |", "|---|---|---|"]
+    lines += [f"| {', '.join(f'`{n}`' for n in names)} | {meaning} | {default} |"
+              for names, meaning, default in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     which = (sys.argv[1:] if argv is None else argv) or ["install"]
-    if which == ["inspect"]:
+    if which == ["config-table"]:
+        sys.stdout.write(config_table())
+    elif which == ["inspect"]:
         sys.stdout.write(render(inspector.parser(), "look into a built pair, verify it, and "
                                 "report a boot", INSPECT_FILES))
     else:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage_init.config import CONFIG_PATH
 from storage_init.settings import NEW_ROOT
 
 from . import cpio, elf
@@ -95,6 +96,6 @@ def build_tree(frozen: Path, libraries: list[elf.Library], modules: Mapping[str,
         tree.file(library.path, library.source.read_bytes(), 0o755)
     for relative, data in modules.items():
         tree.file(f"lib/modules/{kver}/{relative}", data)
-    tree.file("etc/initoverlayfs.conf", config)
+    tree.file(CONFIG_PATH.lstrip("/"), config)
     tree.symlink("init", f"{FROZEN_DIR}/{BINARY}")
     return tree

@@ -14,11 +14,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from storage_init.config import IMAGE_PREFIX, image_name
+
 from . import output
 from .ui import Ui
 
 MINI_PREFIX = "initramfs-"
-IMAGE_PREFIX = "initoverlayfs-"
 ID_LENGTH = 16
 _HEX = frozenset("0123456789abcdef")
 
@@ -27,17 +28,8 @@ def mini_name(kver: str) -> str:
     return f"{MINI_PREFIX}{kver}.img"
 
 
-def image_name(kver: str, image_id: str) -> str:
-    return f"{IMAGE_PREFIX}{kver}-{image_id}.img"
-
-
-def legacy_image_name(kver: str) -> str:
-    """The one name of earlier builds and the C original (storage-init's default `fs`)."""
-    return f"{IMAGE_PREFIX}{kver}.img"
-
-
 def is_image_of(name: str, kver: str) -> bool:
-    if name == legacy_image_name(kver):
+    if name == image_name(kver):  # earlier builds' and the C original's one name
         return True
     head, tail = f"{IMAGE_PREFIX}{kver}-", ".img"
     middle = name[len(head):-len(tail)]

@@ -14,30 +14,9 @@ sha256(salt + block); a level is padded with zero bytes to whole blocks.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
-from storage_init.verity import ALGORITHM, BLOCK, SIGNATURE, SUPERBLOCK, level_sizes
-
-
-@dataclass(frozen=True)
-class Verity:
-    root_hash: str  # hex
-    salt: str  # hex
-    data_blocks: int
-    hash_offset: int  # bytes into the image file where the superblock is
-    hash_blocks: int  # the tree, without the superblock
-
-    @property
-    def added_bytes(self) -> int:
-        return (1 + self.hash_blocks) * BLOCK
-
-    def config_lines(self) -> str:
-        """The mini-initramfs config's verity keys (storage_init/config.py reads them)."""
-        return (f"verity_roothash {self.root_hash}\n"
-                f"verity_salt {self.salt}\n"
-                f"verity_data_blocks {self.data_blocks}\n"
-                f"verity_hash_offset {self.hash_offset}\n")
+from storage_init.verity import ALGORITHM, BLOCK, SIGNATURE, SUPERBLOCK, Verity, level_sizes
 
 
 def _digests(blocks: list[bytes], salt: bytes) -> bytes:
@@ -83,7 +62,8 @@ def superblock(data_blocks: int, salt: bytes, uuid: bytes) -> bytes:
 
 
 def append(image: Path, salt: bytes, uuid: bytes) -> Verity:
-    """Pad the image to whole blocks, append superblock and tree, return what the boot needs."""
+    """Pad the image to whole blocks, append superblock and tree, return what the boot needs
+    (the config's verity keys: storage_init.config.verity_lines)."""
     if not 0 < len(salt) <= 256 or len(uuid) != 16:
         raise ValueError("verity: salt must be 1-256 bytes and the uuid 16")
     size = image.stat().st_size
@@ -95,5 +75,4 @@ def append(image: Path, salt: bytes, uuid: bytes) -> Verity:
         f.write(superblock(data_blocks, salt, uuid))
         for level in levels:
             f.write(level)
-    return Verity(root.hex(), salt.hex(), data_blocks, data_blocks * BLOCK,
-                  sum(len(level) // BLOCK for level in levels))
+    return Verity(root.hex(), salt.hex(), data_blocks, data_blocks * BLOCK)

@@ -24,6 +24,7 @@ from initoverlayfs_build import pair
 from initoverlayfs_build.run import need
 from initoverlayfs_build.ui import Ui
 
+from storage_init.config import image_name
 from tests.support import bootfiles
 from tests.unit.test_builder_install import KVER, args
 from tests.unit.test_builder_install import sysroot as sysroot
@@ -159,19 +160,19 @@ def test_a_bootloader_that_skips_the_journal_sees_the_new_pair(
         old_image, new_image = tmp_path / "old", tmp_path / "new"
         old_image.write_bytes(b"old image" * 1000)
         new_image.write_bytes(b"new image" * 1000)
-        pair.replace(Ui("t", quiet=True), mnt, KVER, old_image, pair.image_name(KVER, "0" * 16),
+        pair.replace(Ui("t", quiet=True), mnt, KVER, old_image, image_name(KVER, "0" * 16),
                      b"old mini")
         subprocess.run(["sync", "-f", str(mnt)], check=True)
         subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)  # everything home first
         subprocess.run(["fsfreeze", "-u", str(mnt)], check=True)
         if not checkpointed:
             monkeypatch.setattr("initoverlayfs_build.output._checkpoint", lambda d: None)
-        pair.replace(Ui("t", quiet=True), mnt, KVER, new_image, pair.image_name(KVER, "1" * 16),
+        pair.replace(Ui("t", quiet=True), mnt, KVER, new_image, image_name(KVER, "1" * 16),
                      b"new mini")
         seen = bootfiles.ext4_file(fs, pair.mini_name(KVER))
         assert seen == (b"new mini" if checkpointed else b"old mini")
         if checkpointed:
-            new = bootfiles.ext4_file(fs, pair.image_name(KVER, "1" * 16))
+            new = bootfiles.ext4_file(fs, image_name(KVER, "1" * 16))
             assert new == new_image.read_bytes()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)

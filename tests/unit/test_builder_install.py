@@ -14,7 +14,7 @@ import pytest
 from initoverlayfs_build import cpio, install, output, pair
 from initoverlayfs_build.errors import BuildError
 
-from storage_init.config import parse_config
+from storage_init.config import image_name, parse_config
 from tests.support import bootfiles
 
 from .test_builder_modules import (
@@ -83,7 +83,7 @@ def test_install_builds_both_images_and_the_config(sysroot: Path) -> None:
     assert shipped.startswith(config)
     settings = parse_config(shipped)
     assert settings.fs == f"/{image.name}"
-    assert settings.verity_roothash and image.name == pair.image_name(
+    assert settings.verity_roothash and image.name == image_name(
         KVER, settings.verity_roothash[:pair.ID_LENGTH])
     assert settings.verity_salt
     assert bootfiles.verity_refusal(image, settings) is None
@@ -109,7 +109,7 @@ def test_no_verity_leaves_the_image_as_mkfs_made_it(sysroot: Path) -> None:
     assert install.main(args(sysroot, "--compress", "none", "--no-verity")) == 0
     image = the_image(sysroot).read_bytes()
     assert b"verity\0\0" not in image[-1024 * 1024:]
-    assert the_image(sysroot).name == pair.image_name(
+    assert the_image(sysroot).name == image_name(
         KVER, hashlib.sha256(image).hexdigest()[:pair.ID_LENGTH])
     archive = (sysroot / f"boot/initramfs-{KVER}.img").read_bytes()
     entries = {e.name: e for e in cpio.read_all(archive)}

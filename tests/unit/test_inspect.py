@@ -11,8 +11,9 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import bootreport, freeze, inspector, install, manpage, pair
+from initoverlayfs_build import bootreport, freeze, inspector, install, manpage
 
+from storage_init.config import image_name
 from storage_init.main import main as storage_init_main
 
 from .test_builder_install import KVER, args, snapshot, sysroot, the_image  # noqa: F401
@@ -166,7 +167,7 @@ def test_install_dry_run_writes_nothing_and_says_what_it_would(
     assert f"dry run for kernel {KVER}; nothing is written" in out
     assert f"{sysroot}/boot/initramfs-{KVER}.img: the mini-initramfs (our cpio writer, zstd)" \
         in out
-    assert f"{sysroot}/boot/{pair.image_name(KVER, 'ID')}" in out
+    assert f"{sysroot}/boot/{image_name(KVER, 'ID')}" in out
     assert "content: the tree " in out and "1 files" in out
     assert "dm_verity" in out and "dm-verity over the image" in out
     assert f"{sysroot}/etc/initoverlayfs.conf: the config, from /etc/fstab" in out

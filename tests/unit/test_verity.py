@@ -13,7 +13,7 @@ from initoverlayfs_build import verity as builder
 from initoverlayfs_build.run import need
 
 from storage_init import dm, kernel
-from storage_init.config import ConfigError, parse_config
+from storage_init.config import ConfigError, parse_config, verity_lines
 from storage_init.settings import resolve
 from storage_init.verity import Verity, check_superblock, level_sizes
 
@@ -98,20 +98,16 @@ def test_levels_are_counted_as_the_kernel_does() -> None:
 
 
 def _image(tmp_path: Path, blocks: int = 3, salt: bytes = bytes.fromhex(SALT)
-           ) -> tuple[bytes, builder.Verity]:
+           ) -> tuple[bytes, Verity]:
     path = tmp_path / "image"
     path.write_bytes(b"erofs".ljust(blocks * 4096 - 100, b"x"))
     made = builder.append(path, salt, bytes(range(16)))
     return path.read_bytes(), made
 
 
-def _expected(made: builder.Verity) -> Verity:
-    return Verity(made.root_hash, made.salt, made.data_blocks, made.hash_offset)
-
-
 def test_superblock_check_names_each_problem(tmp_path: Path) -> None:
     data, made = _image(tmp_path)
-    expected = _expected(made)
+    expected = made  # the builder's record is the one storage-init reads
     sb = data[made.hash_offset:made.hash_offset + 4096]
     assert check_superblock(expected, sb, len(data)) is None
     assert "has no verity hash tree: it is 12288 bytes" in str(
@@ -152,11 +148,11 @@ def test_verity_on_the_command_line() -> None:
 # --- the boot -------------------------------------------------------------------------------
 
 def verified_machine(machine: Machine, tmp_path: Path, cmdline: str = "console=ttyS0"
-                     ) -> tuple[Machine, builder.Verity]:
+                     ) -> tuple[Machine, Verity]:
     data, made = _image(tmp_path)
     machine.k.filesystems["/dev/vda1"] = {IMAGE: data}
     machine.k.add_file("/dev/mapper/control")
-    machine.config(f"bootfs LABEL=BOOT\nbootfstype ext4\n{made.config_lines()}")
+    machine.config(f"bootfs LABEL=BOOT\nbootfstype ext4\n{verity_lines(made)}")
     machine.cmdline(cmdline)
     return machine, made
 

@@ -31,11 +31,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from initoverlayfs_build import compress, cpio, pair
+from initoverlayfs_build import compress, cpio
 from initoverlayfs_build.freeze import default_frozen
 from initoverlayfs_build.mini import Tree
 from initoverlayfs_build.ui import Ui
 
+from storage_init.config import image_name
 from tests.support.debian_kernel import DebianKernel, fetch
 
 from . import c_original, images
@@ -235,7 +236,7 @@ def main() -> int:
         # fs key, looks for its one default name: the same image under both
         disk = images.make_disk(disk_dir, {
             images_built.image.name: images_built.image,
-            pair.legacy_image_name(kernel.kver): images_built.image})
+            image_name(kernel.kver): images_built.image})
         if original is None:  # one for every size, as our mini-initramfs, with our config
             config = work / f"ours-{size}" / f"sysroot-{kernel.kver}" / "etc/initoverlayfs.conf"
             try:
