@@ -91,7 +91,7 @@ class Boot:
         except (OSError, ValueError, IndexError):
             pass
         # Like systemd: our lines must not be eaten by the kmsg rate limit. (try, not
-        # contextlib.suppress: storage-init does not import contextlib, see steps.failing)
+        # contextlib.suppress: storage-init does not import contextlib, see errors.failing)
         try:  # noqa: SIM105
             kernel.write_file("/proc/sys/kernel/printk_devkmsg", b"on\n")
         except OSError:

@@ -318,12 +318,6 @@ class Kernel:
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
 
-    def is_block_device(self, path: str) -> bool:
-        try:
-            return stat.S_ISBLK(os.stat(path).st_mode)
-        except OSError:
-            return False
-
     def listdir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(path))
@@ -584,7 +578,3 @@ def _until(sock: _socket.socket, deadline: float) -> None:
     if left <= 0:
         raise OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
     sock.settimeout(left)
-
-
-def errno_name(err: int | None) -> str:
-    return errno.errorcode.get(err or 0, str(err))

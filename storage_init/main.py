@@ -35,7 +35,7 @@ def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
         boot.fail("exec-init", "init returned without an error")
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         log.error(f"storage-init crashed: {type(exc).__name__}: {exc}")
-        try:  # noqa: SIM105  (no contextlib at boot: see steps.failing)
+        try:  # noqa: SIM105  (no contextlib at boot: see errors.failing)
             emergency(kernel, log, Policy.from_params(boot.params), env)
         except (Exception, SystemExit, KeyboardInterrupt):
             pass  # the loop below still keeps PID 1 from returning

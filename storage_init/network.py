@@ -13,7 +13,7 @@ import errno
 import os
 
 from . import TYPE_CHECKING, nbdproto, rtnl
-from .errors import BootError
+from .errors import BootError, failing
 from .uevent import parse_uevent
 
 if TYPE_CHECKING:
@@ -103,18 +103,18 @@ def bring_up(kernel: Kernel, log: Log, config: IpConfig, index: int, deadline: f
     name = config.interface
     nl = rtnl.Conversation(kernel, rtnl.NETLINK_ROUTE, rtnl.RTMGRP_LINK)
     try:
-        with _refused(f"set {name} up", NIC_HINT):
+        with failing(f"set {name} up", NIC_HINT):
             nl.request(rtnl.link_up(index, config.mtu, nl.next_seq()), f"set {name} up",
                        deadline)
         started = kernel.monotonic()
         _wait_carrier(kernel, nl, name, index, deadline)
         log.info(f"{name} has carrier after {kernel.monotonic() - started:.3f} s")
-        with _refused(f"add {config.address}/{config.prefix} to {name}",
+        with failing(f"add {config.address}/{config.prefix} to {name}",
                       "the client address and netmask of ip="):
             nl.request(rtnl.add_address(index, config.address, config.prefix, nl.next_seq()),
                        "RTM_NEWADDR", deadline, ok_errors=(errno.EEXIST,))
         if config.gateway:
-            with _refused(f"add the default route via {config.gateway} on {name}",
+            with failing(f"add the default route via {config.gateway} on {name}",
                           "the gateway of ip= (3rd field): it must be on the client's subnet"):
                 nl.request(rtnl.add_default_route(index, config.gateway, nl.next_seq()),
                            "RTM_NEWROUTE", deadline, ok_errors=(errno.EEXIST,))
@@ -143,19 +143,6 @@ def _wait_carrier(kernel: Kernel, nl: rtnl.Conversation, name: str, index: int,
                 return
 
 
-class _refused:  # (used as `with`, like steps.failing; no contextlib at boot)
-    def __init__(self, what: str, hint: str) -> None:
-        self.what, self.hint = what, hint
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: object) -> None:
-        if isinstance(exc, OSError):
-            raise BootError(self.what, self.hint, exc) from exc
-
-
 def connect_nbd(kernel: Kernel, log: Log, loader: Loader, target: NbdTarget,
                 deadline: float) -> str:
     """Negotiate the export and hand the connection to the kernel; the device's name."""
@@ -163,7 +150,7 @@ def connect_nbd(kernel: Kernel, log: Log, loader: Loader, target: NbdTarget,
     reach = (f"that an NBD server listens on {server} and that the link's address and gateway "
              "(ip=) reach it")
     loader.load([NBD_MODULE])
-    with _refused(f"connect to the NBD server {server}", reach):
+    with failing(f"connect to the NBD server {server}", reach):
         sock = kernel.tcp_connect(target.host, target.port, deadline - kernel.monotonic())
     try:
         try:
@@ -191,13 +178,13 @@ def _hand_over(kernel: Kernel, target: NbdTarget, export: nbdproto.Export, fd: i
     hint = "that the kernel has the nbd driver (CONFIG_BLK_DEV_NBD, module nbd)"
     gnl = rtnl.Conversation(kernel, rtnl.NETLINK_GENERIC)
     try:
-        with _refused("find the nbd generic netlink family", hint):
+        with failing("find the nbd generic netlink family", hint):
             replies = gnl.request(rtnl.get_family(rtnl.NBD_FAMILY, gnl.next_seq()),
                                   "CTRL_CMD_GETFAMILY nbd", deadline)
         if not replies:
             raise BootError("find the nbd generic netlink family", hint)
         family = rtnl.family_id(replies[0])
-        with _refused(f"attach {target} to an nbd device (NBD_CMD_CONNECT)", hint):
+        with failing(f"attach {target} to an nbd device (NBD_CMD_CONNECT)", hint):
             replies = gnl.request(rtnl.nbd_connect(family, fd, export.size, NBD_BLOCK_SIZE,
                                                    export.flags, gnl.next_seq()),
                                   "NBD_CMD_CONNECT", deadline)

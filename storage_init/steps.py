@@ -18,7 +18,7 @@ from .cmdline import flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
 from .devices import Finder
 from .emergency import Policy
-from .errors import BootError
+from .errors import BootError, failing
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .modules import SIGNATURE_HASHES, Loader, module_blacklist, module_params
 from .record import record
@@ -47,23 +47,6 @@ class Step:
     plan: str  # what it does, for --dry-run; {placeholders} come from Boot.plan_values()
     hint: str  # the config key or kernel argument to look at when it fails
     modes: frozenset[str] = BOTH
-
-
-class failing:  # lower case: used as `with failing(...)`, like the function it was
-    """`with failing(what, hint):` turns an OSError into a BootError naming `what` and `hint`.
-    A class, not contextlib.contextmanager: contextlib was 4 million instructions of every
-    boot's imports (callgrind, natively)."""
-
-    def __init__(self, what: str, hint: str) -> None:
-        self.what, self.hint = what, hint
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: object) -> None:
-        if isinstance(exc, OSError):
-            raise BootError(self.what, self.hint, exc) from exc
 
 
 def mount_api(boot: Boot) -> None:

@@ -11,13 +11,13 @@ from initoverlayfs_build import install, manpage
 from storage_init.config import (
     KEYS,
     PER_BUILD,
-    Verity,
     config_lines,
     image_name,
     parse_config,
     verity_lines,
     verity_of,
 )
+from storage_init.verity import Verity
 
 REPO = Path(__file__).resolve().parents[2]
 
