@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .kernel import Kernel
     from .modules import Loader
     from .steps import Step
+    from .veritydev import Mapped
 
 
 @record(frozen=True)
@@ -40,14 +41,6 @@ class Paths:
     @property
     def timings(self) -> str:
         return f"{self.scratch}/timings.json"
-
-
-@record(frozen=True)
-class VerifiedDevice:
-    """The dm-verity device over the loop device, until seal-verity hands it over."""
-
-    control: int  # /dev/mapper/control, open: /dev moves away before the seal
-    backing: str  # the loop device as major:minor, for the table
 
 
 @record
@@ -71,7 +64,7 @@ class Boot:
     loop_device: str | None = None
     loop_fd: int | None = None  # held open until the image is mounted (autoclear)
     image_device: str | None = None  # what the image is mounted from: loop or dm-verity
-    verified: VerifiedDevice | None = None
+    verified: Mapped | None = None  # the dm-verity device, until seal-verity
     timings: list[tuple[str, float]] = field(default_factory=list)
     finished: bool = False
 

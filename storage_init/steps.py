@@ -12,8 +12,8 @@ import errno
 import os
 import stat
 
-from . import TYPE_CHECKING, dm, loop, switchroot, udev, verity
-from .boot import Boot, VerifiedDevice
+from . import TYPE_CHECKING, loop, switchroot, udev, verity, veritydev
+from .boot import Boot
 from .cmdline import flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
 from .devices import Finder
@@ -238,55 +238,22 @@ def setup_verity(boot: Boot) -> None:
     with failing(f"open {boot.paths.dev}/mapper/control",
                  "that the kernel has device-mapper (CONFIG_BLK_DEV_DM, module dm-mod)"):
         control = kernel.open(f"{boot.paths.dev}/mapper/control", os.O_RDWR)
+
+    def refusal() -> BootError:
+        return BootError(f"verify {image}: dm-verity rejects it against the root hash "
+                         f"{tree.root_hash} of {boot.paths.config}: it is not the image "
+                         "this mini-initramfs was built with, or it is corrupted", rebuild)
+
     try:
-        boot.image_device = _map_verity(boot, tree, control, rebuild)
+        boot.verified = veritydev.map_over(kernel, boot.paths.dev, control, tree,
+                                           boot.loop_device, image, refusal,
+                                           lambda offset: _read_image(boot, offset))
     except BaseException:
         kernel.close(control)
         raise
+    boot.image_device = boot.verified.node
     log.info(f"{image} is verified by dm-verity as {boot.image_device} "
              f"(root hash {tree.root_hash[:16]}...)")
-
-
-def _map_verity(boot: Boot, tree: verity.Verity, control: int, rebuild: str) -> str:
-    """The dm-verity device's node, its first block read; boot.verified set for the seal."""
-    kernel, image = boot.kernel, boot.need_settings().image_path
-    assert boot.loop_device is not None
-    rdev = kernel.stat(boot.loop_device).st_rdev
-    backing = f"{os.major(rdev)}:{os.minor(rdev)}"
-    with failing(f"set up dm-verity over {boot.loop_device}",
-                 "that the kernel has dm-verity (CONFIG_DM_VERITY, module dm-verity)"):
-        _, minor = dm.create(kernel, control, verity.DM_NAME)
-    node = f"{boot.paths.dev}/dm-{minor}"
-    try:
-        with failing(f"set up dm-verity over {boot.loop_device}",
-                     "that the kernel has dm-verity (CONFIG_DM_VERITY, module dm-verity)"):
-            dm.load(kernel, control, verity.DM_NAME, tree.sectors, "verity", tree.table(backing))
-            dm.resume(kernel, control, verity.DM_NAME)
-        # No corruption option in this table yet: a root hash that the tree does not give is
-        # an I/O error on this first read, here, and not a restart in the middle of the mount.
-        try:
-            fd = kernel.open(node, os.O_RDONLY)
-            try:
-                kernel.pread(fd, 0, verity.BLOCK)
-            finally:
-                kernel.close(fd)
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise BootError(f"read {node}, the dm-verity device of {image}",
-                                "/dev (devtmpfs)", exc) from None
-            _read_image(boot, 0)  # the disk's own I/O error, or else verity's refusal
-            raise BootError(f"verify {image}: dm-verity rejects it against the root hash "
-                            f"{tree.root_hash} of {boot.paths.config}: it is not the image "
-                            "this mini-initramfs was built with, or it is corrupted",
-                            rebuild) from None
-    except BaseException:
-        try:  # noqa: SIM105  (no contextlib at boot: see failing)
-            dm.remove(kernel, control, verity.DM_NAME)  # no half-set-up device for rd.shell
-        except OSError:
-            pass
-        raise
-    boot.verified = VerifiedDevice(control, backing)
-    return node
 
 
 def _read_image(boot: Boot, offset: int) -> bytes:
@@ -353,29 +320,9 @@ def seal_verity(boot: Boot) -> None:
     s, verified = boot.need_settings(), boot.verified
     if verified is None or s.verity is None:
         return
-    action = Policy.from_params(boot.params).action
-    option = verity.ON_CORRUPTION[action]
-    try:
-        dm.load(boot.kernel, verified.control, verity.DM_NAME, s.verity.sectors, "verity",
-                s.verity.table(verified.backing, option))
-        dm.resume(boot.kernel, verified.control, verity.DM_NAME)
-        boot.log.info(f"dm-verity: {option} from here on (rd.emergency={action})")
-    except OSError as exc:
-        # not a reason to stop: the table in place already refuses every corrupted block
-        boot.log.warning(f"cannot switch dm-verity to {option} ({exc.strerror}); a corrupted "
-                         "block stays an I/O error for whoever reads it")
-    try:
-        # Gone with the image's last user (initoverlayfs-release.service's unmount): it holds
-        # the loop device, the loop device the image, the image the read-only mount of the
-        # bootfs, and while that lives the real root cannot mount /boot read-write.
-        dm.remove(boot.kernel, verified.control, verity.DM_NAME, deferred=True)
-    except OSError as exc:
-        boot.log.warning(f"cannot schedule the removal of /dev/mapper/{verity.DM_NAME} "
-                         f"({exc.strerror}); /boot stays held read-only until `dmsetup remove "
-                         f"{verity.DM_NAME}` after /run/initoverlayfs is unmounted")
-    finally:
-        boot.kernel.close(verified.control)
-        boot.verified = None
+    boot.verified = None
+    veritydev.seal(boot.kernel, boot.log, verified, s.verity,
+                   Policy.from_params(boot.params).action)
 
 
 def exec_init(boot: Boot) -> None:
