@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from . import TYPE_CHECKING, blockstat, jsonout
@@ -22,8 +21,23 @@ if TYPE_CHECKING:
     from .devices import BlockDevice
     from .kernel import Kernel
     from .modules import Loader
-    from .steps import Step
     from .veritydev import Mapped
+
+
+# The two ways storage-init runs: PID 1 of the mini-initramfs, or its systemd's service.
+RDINIT, SYSTEMD = "rdinit", "systemd"
+BOTH = frozenset({RDINIT, SYSTEMD})
+
+
+@record(frozen=True)
+class Step:
+    """One step of the boot sequence (storage_init/steps.py lists them)."""
+
+    name: str
+    run: Callable[[Boot], None]
+    plan: Callable[[Boot], str]  # what it does, for --dry-run
+    hint: Callable[[Boot], str]  # the config key or kernel argument to look at on failure
+    modes: frozenset[str] = BOTH
 
 
 @record(frozen=True)
@@ -69,26 +83,6 @@ class Boot:
     finished: bool = False
 
     # --- state set by the steps -----------------------------------------------------------
-
-    def open_log(self) -> None:
-        kernel, log = self.kernel, self.log
-        if self.mode != "rdinit":
-            return  # a service's stderr already goes to the journal
-        try:
-            log.kmsg_fd = kernel.open(f"{self.paths.dev}/kmsg", os.O_WRONLY)
-        except OSError as exc:
-            log.warning(f"cannot open {self.paths.dev}/kmsg ({exc.strerror}); console only")
-        try:
-            printk = kernel.read_file("/proc/sys/kernel/printk").split()
-            log.console_loglevel = int(printk[0])
-        except (OSError, ValueError, IndexError):
-            pass
-        # Like systemd: our lines must not be eaten by the kmsg rate limit. (try, not
-        # contextlib.suppress: storage-init does not import contextlib, see errors.failing)
-        try:  # noqa: SIM105
-            kernel.write_file("/proc/sys/kernel/printk_devkmsg", b"on\n")
-        except OSError:
-            pass
 
     def set_params(self, params: tuple[Param, ...]) -> None:
         self.params = params
@@ -170,38 +164,6 @@ class Boot:
 
     # --- running --------------------------------------------------------------------------
 
-    def plan_values(self) -> dict[str, object]:
-        s = self.settings
-        hint = (s.bootfs_hint if s else None) or "none"
-        return {
-            "cmdline": self.paths.cmdline, "config": self.paths.config,
-            "modules": f"{self.paths.modules[0]}/"
-                       f"{s.kver if s else self.kernel.uname_release()}",
-            "scratch": self.paths.scratch,
-            "new_root": self.paths.new_root, "moves": "/boot /proc /dev /sys /run"
-            if self.mode == "rdinit" else "/boot",
-            "fstype": s.fstype if s else "erofs",
-            "subsystems": " ".join(s.subsystems) if s else "?",
-            "timeout": s.timeout if s else 30.0, "bootfs": s.bootfs if s else "?",
-            "hint": hint,
-            "bootfstype": (s.bootfstype or "probed type") if s else "?",
-            "image": s.image if s else "?",
-            "verity": (f"root hash {s.verity.root_hash[:16]}..." if s.verity else
-                       "off (no verity_roothash, or rd.initoverlayfs.verity=0)") if s else "?",
-            "network": (f"wait up to {s.timeout:g} s for {s.network.interface}, set it up, "
-                        f"wait for carrier, add {s.network.address}/{s.network.prefix}"
-                        + (f" and the default route via {s.network.gateway}"
-                           if s.network.gateway else "") + " (rtnetlink, pyroute2)"
-                        if s and s.network else "nothing: the bootfs is local (ip= is for an "
-                        "nbd: bootfs)"),
-            "wait_bootfs": (f"load nbd; negotiate {s.bootfs} over TCP; hand it to the kernel "
-                            "(NBD_CMD_CONNECT); probe the nbd device" if s and s.bootfs.nbd
-                            else f"wait up to {s.timeout if s else 30.0:g} s for "
-                            f"{s.bootfs if s else '?'} (hint: {hint}), "
-                            "loading drivers by modalias (--systemd: udevd does)"),
-            "init": " then ".join(filter(None, (s.init if s else None, "/init", "/sbin/init"))),
-        }
-
     def run_step(self, step: Step) -> None:
         started = self.kernel.monotonic()
         error = None
@@ -210,7 +172,7 @@ class Boot:
         except BootError as exc:
             error = str(exc)
         except OSError as exc:
-            error = str(BootError(step.name, step.hint.format(**self.plan_values()), exc))
+            error = str(BootError(step.name, step.hint(self), exc))
         except Exception as exc:  # a bug must still end in a message, not a kernel panic
             error = f"{step.name} crashed: {type(exc).__name__}: {exc}"
         self.timings.append((step.name, (self.kernel.monotonic() - started) * 1000))
@@ -229,7 +191,7 @@ class Boot:
         if not self.finished:  # exec-init fails after finish() printed it: one line per run
             self.log.info(self.summary())
         policy = Policy.from_params(self.params)
-        if self.mode != "rdinit" and policy.shell:
+        if self.mode != RDINIT and policy.shell:
             # a service: OnFailure=emergency.target gives systemd's emergency shell
             raise SystemExit(1)
         # Without rd.shell a service applies rd.emergency= itself, as PID 1 would: the

@@ -11,14 +11,14 @@ import os
 import sys
 
 from . import TYPE_CHECKING, __version__
-from .boot import Boot, Paths
+from .boot import RDINIT, SYSTEMD, Boot, Paths
 from .cmdline import DEBUG, flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
 from .emergency import Policy, emergency
 from .kernel import Kernel
 from .log import Log
 from .settings import resolve
-from .steps import RDINIT, SYSTEMD, steps_for
+from .steps import steps_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -92,9 +92,8 @@ def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None,
     for warning in s.warnings:
         print(f"  warning: {warning}")
     print("plan:")
-    values = boot.plan_values()
     for number, step in enumerate(steps_for(mode), start=1):
-        print(f"  {number:2}. {step.name:<16} {step.plan.format(**values)}")
+        print(f"  {number:2}. {step.name:<16} {step.plan(boot)}")
     return 0
 
 

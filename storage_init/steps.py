@@ -13,7 +13,7 @@ import os
 import stat
 
 from . import TYPE_CHECKING, loop, switchroot, udev, verity, veritydev
-from .boot import Boot
+from .boot import BOTH, RDINIT, SYSTEMD, Boot, Step
 from .cmdline import flag, parse_cmdline
 from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
 from .devices import Finder
@@ -21,14 +21,11 @@ from .emergency import Policy
 from .errors import BootError, failing
 from .kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 from .modules import SIGNATURE_HASHES, Loader, module_blacklist, module_params
-from .record import record
 from .settings import VERITY, resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-RDINIT, SYSTEMD = "rdinit", "systemd"
-BOTH = frozenset({RDINIT, SYSTEMD})
 API_MOUNTS = (
     ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "CONFIG_PROC_FS"),
     ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None, "CONFIG_SYSFS"),
@@ -38,15 +35,6 @@ API_MOUNTS = (
 # The image holds an initramfs's content, whose first program is /init (what the kernel runs
 # from an initramfs: dracut's systemd, initramfs-tools' script); then the real root's places.
 INIT_CANDIDATES = ("/init", "/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
-
-
-@record(frozen=True)
-class Step:
-    name: str
-    run: Callable[[Boot], None]
-    plan: str  # what it does, for --dry-run; {placeholders} come from Boot.plan_values()
-    hint: str  # the config key or kernel argument to look at when it fails
-    modes: frozenset[str] = BOTH
 
 
 def mount_api(boot: Boot) -> None:
@@ -68,7 +56,24 @@ def mount_api(boot: Boot) -> None:
 
 
 def open_log(boot: Boot) -> None:
-    boot.open_log()
+    kernel, log = boot.kernel, boot.log
+    if boot.mode != RDINIT:
+        return  # a service's stderr already goes to the journal
+    try:
+        log.kmsg_fd = kernel.open(f"{boot.paths.dev}/kmsg", os.O_WRONLY)
+    except OSError as exc:
+        log.warning(f"cannot open {boot.paths.dev}/kmsg ({exc.strerror}); console only")
+    try:
+        printk = kernel.read_file("/proc/sys/kernel/printk").split()
+        log.console_loglevel = int(printk[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    # Like systemd: our lines must not be eaten by the kmsg rate limit. (try, not
+    # contextlib.suppress: storage-init does not import contextlib, see errors.failing)
+    try:  # noqa: SIM105
+        kernel.write_file("/proc/sys/kernel/printk_devkmsg", b"on\n")
+    except OSError:
+        pass
 
 
 def read_cmdline(boot: Boot) -> None:
@@ -341,45 +346,87 @@ def exec_init(boot: Boot) -> None:
                     "rd.initoverlayfs.init= or init=, and that the image has an init")
 
 
+def plan_values(boot: Boot) -> dict[str, object]:
+    """What the steps' plan and hint texts below are filled with: this run's paths and
+    settings, or placeholders before the config is read."""
+    s = boot.settings
+    hint = (s.bootfs_hint if s else None) or "none"
+    return {
+        "cmdline": boot.paths.cmdline, "config": boot.paths.config,
+        "modules": f"{boot.paths.modules[0]}/"
+                   f"{s.kver if s else boot.kernel.uname_release()}",
+        "scratch": boot.paths.scratch,
+        "new_root": boot.paths.new_root, "moves": "/boot /proc /dev /sys /run"
+        if boot.mode == RDINIT else "/boot",
+        "fstype": s.fstype if s else "erofs",
+        "subsystems": " ".join(s.subsystems) if s else "?",
+        "timeout": s.timeout if s else 30.0, "bootfs": s.bootfs if s else "?",
+        "hint": hint,
+        "bootfstype": (s.bootfstype or "probed type") if s else "?",
+        "image": s.image if s else "?",
+        "verity": (f"root hash {s.verity.root_hash[:16]}..." if s.verity else
+                   "off (no verity_roothash, or rd.initoverlayfs.verity=0)") if s else "?",
+        "network": (f"wait up to {s.timeout:g} s for {s.network.interface}, set it up, "
+                    f"wait for carrier, add {s.network.address}/{s.network.prefix}"
+                    + (f" and the default route via {s.network.gateway}"
+                       if s.network.gateway else "") + " (rtnetlink, pyroute2)"
+                    if s and s.network else "nothing: the bootfs is local (ip= is for an "
+                    "nbd: bootfs)"),
+        "wait_bootfs": (f"load nbd; negotiate {s.bootfs} over TCP; hand it to the kernel "
+                        "(NBD_CMD_CONNECT); probe the nbd device" if s and s.bootfs.nbd
+                        else f"wait up to {s.timeout if s else 30.0:g} s for "
+                        f"{s.bootfs if s else '?'} (hint: {hint}), "
+                        "loading drivers by modalias (--systemd: udevd does)"),
+        "init": " then ".join(filter(None, (s.init if s else None, "/init", "/sbin/init"))),
+    }
+
+
+def step(name: str, run: Callable[[Boot], None], plan: str, hint: str,
+         modes: frozenset[str] = BOTH) -> Step:
+    """A step whose plan and hint are texts with {placeholders} from plan_values."""
+    return Step(name, run, lambda boot: plan.format(**plan_values(boot)),
+                lambda boot: hint.format(**plan_values(boot)), modes)
+
+
 STEPS = (
-    Step("mount-api", mount_api, "mount /proc /sys /dev (devtmpfs) /run",
+    step("mount-api", mount_api, "mount /proc /sys /dev (devtmpfs) /run",
          "the kernel's proc, sysfs, devtmpfs and tmpfs support", frozenset({RDINIT})),
-    Step("log", open_log, "log to /dev/kmsg with the storage-init: prefix", "/dev/kmsg"),
-    Step("read-cmdline", read_cmdline, "read {cmdline}", "/proc/cmdline"),
-    Step("read-config", read_config, "read {config} and apply the kernel command line",
+    step("log", open_log, "log to /dev/kmsg with the storage-init: prefix", "/dev/kmsg"),
+    step("read-cmdline", read_cmdline, "read {cmdline}", "/proc/cmdline"),
+    step("read-config", read_config, "read {config} and apply the kernel command line",
          "{config}"),
-    Step("load-modules", load_modules,
+    step("load-modules", load_modules,
          "load the module signatures' hash (when shipped), then loop, fs-{fstype} and "
          "overlay from {modules} (built-in is fine)", "{modules}"),
-    Step("trigger", trigger,
+    step("trigger", trigger,
          "open the uevent socket; trigger add for {subsystems} (--systemd: udevd did)",
          "udev_trigger in {config}"),
-    Step("bring-up-network", bring_up_network,
+    step("bring-up-network", bring_up_network,
          "{network}", "ip= on the kernel command line or ip in {config}"),
-    Step("wait-bootfs", wait_bootfs,
+    step("wait-bootfs", wait_bootfs,
          "{wait_bootfs}", "bootfs in {config} or rd.initoverlayfs.bootfs="),
-    Step("mount-bootfs", mount_bootfs, "mount {bootfs} read-only on /boot as {bootfstype}",
+    step("mount-bootfs", mount_bootfs, "mount {bootfs} read-only on /boot as {bootfstype}",
          "bootfstype in {config} or rd.initoverlayfs.bootfstype="),
-    Step("mount-scratch", mount_scratch, "mount tmpfs on {scratch} for upper/work/lower",
+    step("mount-scratch", mount_scratch, "mount tmpfs on {scratch} for upper/work/lower",
          "/run"),
-    Step("attach-loop", attach_loop, "attach /boot{image} to a free loop device (read-only)",
+    step("attach-loop", attach_loop, "attach /boot{image} to a free loop device (read-only)",
          "fs in {config} or rd.initoverlayfs.fs="),
-    Step("setup-verity", setup_verity,
+    step("setup-verity", setup_verity,
          "check the image's hash tree ({verity}); load dm-verity; map it over the loop device",
          "that the image and the mini-initramfs come from one initoverlayfs-install run"),
-    Step("mount-image", mount_image,
+    step("mount-image", mount_image,
          "mount the verity (or loop) device as {fstype} on {scratch}/lower",
          "fstype in {config} or rd.initoverlayfs.fstype="),
-    Step("mount-overlay", mount_overlay, "mount overlay (volatile if supported) on {new_root}",
+    step("mount-overlay", mount_overlay, "mount overlay (volatile if supported) on {new_root}",
          "CONFIG_OVERLAY_FS"),
-    Step("move-mounts", move_mounts, "move {moves} into {new_root}", "the image's directories"),
-    Step("switch-root", switch_root,
+    step("move-mounts", move_mounts, "move {moves} into {new_root}", "the image's directories"),
+    step("switch-root", switch_root,
          "make {new_root} the root; free the old initramfs", "kernel log",
          frozenset({RDINIT})),
-    Step("seal-verity", seal_verity,
+    step("seal-verity", seal_verity,
          "reload dm-verity with restart_on_corruption (rd.emergency=reboot) or "
          "panic_on_corruption; remove it once the image is unmounted", "the kernel log"),
-    Step("exec-init", exec_init, "exec {init} with the original arguments",
+    step("exec-init", exec_init, "exec {init} with the original arguments",
          "rd.initoverlayfs.init= or init=", frozenset({RDINIT})),
 )
 

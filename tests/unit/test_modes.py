@@ -8,10 +8,10 @@ import pytest
 
 from storage_init import __version__, cli
 from storage_init import kernel as real
-from storage_init.boot import Boot, Paths
+from storage_init.boot import SYSTEMD, Boot, Paths
 from storage_init.log import Log
 from storage_init.main import dry_run, main
-from storage_init.steps import SYSTEMD, steps_for
+from storage_init.steps import steps_for
 
 from .conftest import BOOT_UUID, Machine
 from .fakekernel import Rebooted

@@ -24,7 +24,8 @@ import pytest
 from initoverlayfs_build import bootreport, initramfs, pair, svgplot
 from initoverlayfs_build.ui import Ui
 
-from storage_init.steps import SYSTEMD, steps_for
+from storage_init.boot import SYSTEMD
+from storage_init.steps import steps_for
 from tests.support import bootfiles
 
 from . import debian_system
