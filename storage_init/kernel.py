@@ -8,7 +8,6 @@ unit tests drive against a recording fake with the same methods.
 
 from __future__ import annotations
 
-import _functools  # type: ignore[import-not-found]  # partial, without functools: import_pyudev
 import _socket  # not socket: its enum conversion of every constant is start time
 import ctypes
 import errno
@@ -16,11 +15,10 @@ import fcntl
 import os
 import select
 import stat
-import sys
 import time
-import types
 
-from . import TYPE_CHECKING, standins
+from . import TYPE_CHECKING
+from .udev import LIBUDEV_SONAME, import_pyudev
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -83,82 +81,6 @@ SO_RCVBUFFORCE = 33
 _SYS_FINIT_MODULE = 313  # x86_64
 _SYS_INIT_MODULE = 175
 _SYS_PIVOT_ROOT = 155
-
-LIBUDEV_SONAME = "libudev.so.1"
-
-
-def _no_subprocess(*args: object, **kwargs: object) -> bytes:
-    raise OSError(errno.ENOSYS, "storage-init runs no programs through pyudev")
-
-
-def _no_timedelta(*args: object, **kwargs: object) -> object:
-    raise OSError(errno.ENOSYS, "storage-init does not ask pyudev for device ages")
-
-
-def _wraps(wrapped: Callable[..., object]) -> Callable[[Callable[..., object]], object]:
-    """functools.wraps for pyudev's one decorator: the wrapper takes the wrapped function's
-    name, qualified name, module and docstring, and __wrapped__."""
-    def decorate(wrapper: Callable[..., object]) -> object:
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            if hasattr(wrapped, attribute):
-                setattr(wrapper, attribute, getattr(wrapped, attribute))
-        wrapper.__wrapped__ = wrapped  # type: ignore[attr-defined]
-        return wrapper
-    return decorate
-
-
-class _NoThread:
-    """pyudev.monitor subclasses threading.Thread for MonitorObserver, which storage-init
-    never starts (it reads uevents from its own socket)."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSYS, "storage-init starts no threads through pyudev")
-
-
-def import_pyudev() -> types.ModuleType:
-    """pyudev, imported with stand-ins for seven stdlib modules it imports but storage-init
-    never uses through it (or, for re, uses later if ever).
-
-    - ctypes.util: pyudev finds libudev with its find_library, which needs ldconfig or a
-      compiler (an initramfs has neither), and importing it imports tempfile, shutil and
-      random, which the frozen binary leaves out (a real boot showed pyudev failing to import
-      over it);
-    - subprocess and datetime: they were 135 of the 366 ms that pyudev cost a boot under QEMU
-      TCG, for `udevadm --version` (monitor features) and device ages;
-    - threading: for MonitorObserver, a background thread; over a third of what is left of
-      pyudev's import (natively, -X importtime);
-    - re, lazily: pyudev compiles regexes only inside functions storage-init does not call
-      (device numbers from strings), and importing re with enum was 15 million instructions
-      (callgrind, natively); the stand-in imports the real re if one of them ever runs,
-      which in the frozen binary (without re since storage_init/cli.py) is an ImportError
-      naming re, not a wrong answer;
-    - collections and functools: pyudev subclasses collections.abc's ABCs, which live in
-      _collections_abc (loaded with os), and uses functools.wraps once and partial (from the
-      built-in _functools); the packages around them (namedtuple, OrderedDict, lru_cache...)
-      were 2.6 of the 18.2 million instructions of pyudev's import and enumeration
-      (callgrind, natively).
-
-    (storage_init.standins says how stand-ins are put in place and taken out again.)
-    """
-    def importer() -> types.ModuleType:
-        if not hasattr(sys.modules["collections"], "abc"):  # the real one, loaded before
-            import collections.abc  # noqa: F401  (pyudev uses it without importing it)
-        import pyudev
-        module: types.ModuleType = pyudev
-        return module
-
-    return standins.import_with({
-        # the soname, which the dynamic loader resolves by itself
-        "ctypes.util": standins.module("ctypes.util", find_library=(
-            lambda name: LIBUDEV_SONAME if name == "udev" else None)),
-        "subprocess": standins.module("subprocess", check_output=_no_subprocess),
-        "datetime": standins.module("datetime", timedelta=_no_timedelta),
-        "threading": standins.module("threading", Thread=_NoThread),
-        "re": standins.lazy("re"),
-        "collections": standins.module("collections", abc=sys.modules["_collections_abc"]),
-        "functools": standins.module("functools", wraps=_wraps, partial=_functools.partial),
-    }, importer)
-
 
 if TYPE_CHECKING:
     Tracer = Callable[[str], None]
@@ -507,7 +429,7 @@ class Kernel:
 
     def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
         """sysfs paths of the devices in any of these subsystems, enumerated by pyudev
-        (imported by import_pyudev, which says how and why)."""
+        (imported by udev.import_pyudev, which says how and why)."""
         started = time.monotonic()
         try:
             context = import_pyudev().Context()

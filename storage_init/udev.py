@@ -5,14 +5,20 @@ writing `add` to their sysfs `uevent` file makes the kernel send the event again
 MODALIAS, so the same event loop that handles hotplug also does coldplug. In --systemd mode
 udevd hears the same events and makes the /dev/disk/by-* links.
 
-pyudev enumerates (through the syscall boundary, see Kernel.udev_devices). If libudev cannot
-be loaded at all, the same subsystems are listed from sysfs, so that a missing library costs a
-warning, not the boot.
+pyudev enumerates (through the syscall boundary, see Kernel.udev_devices), imported here by
+`import_pyudev` with stand-ins for what it imports and storage-init never uses. If libudev
+cannot be loaded at all, the same subsystems are listed from sysfs, so that a missing library
+costs a warning, not the boot.
 """
 
 from __future__ import annotations
 
-from . import TYPE_CHECKING
+import _collections_abc  # loaded with os anyway: the ABCs, without collections
+import _functools  # type: ignore[import-not-found]  # partial, without functools
+import errno
+import sys
+
+from . import TYPE_CHECKING, standins
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -27,6 +33,85 @@ if TYPE_CHECKING:
     class _Log(Protocol):
         def warning(self, message: str) -> None: ...
         def debug(self, message: str) -> None: ...
+
+    import types
+    from collections.abc import Callable
+
+
+LIBUDEV_SONAME = "libudev.so.1"
+
+
+def _no_subprocess(*args: object, **kwargs: object) -> bytes:
+    raise OSError(errno.ENOSYS, "storage-init runs no programs through pyudev")
+
+
+def _no_timedelta(*args: object, **kwargs: object) -> object:
+    raise OSError(errno.ENOSYS, "storage-init does not ask pyudev for device ages")
+
+
+def _wraps(wrapped: Callable[..., object]) -> Callable[[Callable[..., object]], object]:
+    """functools.wraps for pyudev's one decorator: the wrapper takes the wrapped function's
+    name, qualified name, module and docstring, and __wrapped__."""
+    def decorate(wrapper: Callable[..., object]) -> object:
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            if hasattr(wrapped, attribute):
+                setattr(wrapper, attribute, getattr(wrapped, attribute))
+        wrapper.__wrapped__ = wrapped  # type: ignore[attr-defined]
+        return wrapper
+    return decorate
+
+
+class _NoThread:
+    """pyudev.monitor subclasses threading.Thread for MonitorObserver, which storage-init
+    never starts (it reads uevents from its own socket)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSYS, "storage-init starts no threads through pyudev")
+
+
+def import_pyudev() -> types.ModuleType:
+    """pyudev, imported with stand-ins for seven stdlib modules it imports but storage-init
+    never uses through it (or, for re, uses later if ever).
+
+    - ctypes.util: pyudev finds libudev with its find_library, which needs ldconfig or a
+      compiler (an initramfs has neither), and importing it imports tempfile, shutil and
+      random, which the frozen binary leaves out (a real boot showed pyudev failing to import
+      over it);
+    - subprocess and datetime: they were 135 of the 366 ms that pyudev cost a boot under QEMU
+      TCG, for `udevadm --version` (monitor features) and device ages;
+    - threading: for MonitorObserver, a background thread; over a third of what is left of
+      pyudev's import (natively, -X importtime);
+    - re, lazily: pyudev compiles regexes only inside functions storage-init does not call
+      (device numbers from strings), and importing re with enum was 15 million instructions
+      (callgrind, natively); the stand-in imports the real re if one of them ever runs,
+      which in the frozen binary (without re since storage_init/cli.py) is an ImportError
+      naming re, not a wrong answer;
+    - collections and functools: pyudev subclasses collections.abc's ABCs, which live in
+      _collections_abc (loaded with os), and uses functools.wraps once and partial (from the
+      built-in _functools); the packages around them (namedtuple, OrderedDict, lru_cache...)
+      were 2.6 of the 18.2 million instructions of pyudev's import and enumeration
+      (callgrind, natively).
+
+    (storage_init.standins says how stand-ins are put in place and taken out again.)
+    """
+    def importer() -> types.ModuleType:
+        if not hasattr(sys.modules["collections"], "abc"):  # the real one, loaded before
+            import collections.abc  # noqa: F401  (pyudev uses it without importing it)
+        import pyudev
+        module: types.ModuleType = pyudev
+        return module
+
+    return standins.import_with({
+        # the soname, which the dynamic loader resolves by itself
+        "ctypes.util": standins.module("ctypes.util", find_library=(
+            lambda name: LIBUDEV_SONAME if name == "udev" else None)),
+        "subprocess": standins.module("subprocess", check_output=_no_subprocess),
+        "datetime": standins.module("datetime", timedelta=_no_timedelta),
+        "threading": standins.module("threading", Thread=_NoThread),
+        "re": standins.lazy("re"),
+        "collections": standins.module("collections", abc=_collections_abc),
+        "functools": standins.module("functools", wraps=_wraps, partial=_functools.partial),
+    }, importer)
 
 
 def _sysfs_devices(kernel: _Kernel, subsystems: tuple[str, ...], sysfs: str) -> list[str]:

@@ -104,7 +104,7 @@ NOT_NEEDED = (
     # and more that Nuitka ships as "the non-excluded parts of the standard library": json
     # (storage_init.jsonout writes the timings), the build's configuration data
     "json", "_json", "string", "bisect", "_bisect", "contextvars", "_sysconfigdata_*",
-    # pyudev imports these for functions storage-init never calls (Kernel.import_pyudev)
+    # pyudev imports these for functions storage-init never calls (storage_init.udev.import_pyudev)
     "subprocess", "datetime", "threading", "ctypes.util",
     # argparse and what it brings (storage_init/cli.py parses the command line instead), and
     # the rest of what no path of storage-init imports; with the start-up modules that

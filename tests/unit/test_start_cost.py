@@ -123,7 +123,7 @@ def test_nothing_the_freeze_leaves_out_is_imported_at_boot() -> None:
     # boot does, and its enumeration) and of the command-line path, --help included.
     from initoverlayfs_build.freeze import NOT_NEEDED, UNUSED_EXTENSIONS, early_not_needed
     loaded = set(_probe(
-        "import sys, io, storage_init.main as m, storage_init.kernel as k\n"
+        "import sys, io, storage_init.main as m, storage_init.udev as k\n"
         "c = k.import_pyudev().Context()\n"
         "[d.properties.get('DEVNAME') for d in c.list_devices(subsystem='block')]\n"
         "out, sys.stdout, sys.stderr = sys.stdout, io.StringIO(), io.StringIO()\n"
@@ -229,7 +229,7 @@ def test_the_network_freeze_hides_the_stood_in_imports_from_nuitka() -> None:
 def test_a_boot_with_pyudev_imports_no_re_collections_or_functools() -> None:
     # pyudev gets a lazy re (its regexes are in functions a boot does not call), the ABCs of
     # collections.abc from _collections_abc, and functools' wraps and partial
-    out = _probe("import sys, storage_init.main, storage_init.kernel as k\n"
+    out = _probe("import sys, storage_init.main, storage_init.udev as k\n"
                  "c = k.import_pyudev().Context()\n"
                  "[d.properties.get('DEVNAME') for d in c.list_devices(subsystem='block')]\n"
                  "print(*(m in sys.modules for m in ('re', 'enum', 'collections', 'functools')))\n"
@@ -243,13 +243,13 @@ def test_a_boot_with_pyudev_imports_no_re_collections_or_functools() -> None:
 
 def test_pyudev_imports_when_the_real_collections_is_loaded_without_its_abc() -> None:
     # pyudev uses collections.abc without importing it; a host process may have collections
-    out = _probe("import sys, collections, storage_init.kernel as k\n"
+    out = _probe("import sys, collections, storage_init.udev as k\n"
                  "print(k.import_pyudev().Context() is not None)")
     assert out.splitlines() == ["True"]
 
 
 def test_pyudev_stand_ins_exist_only_during_its_import() -> None:
-    out = _probe("import sys, errno, storage_init.kernel as k; pyudev = k.import_pyudev(); "
+    out = _probe("import sys, errno, storage_init.udev as k; pyudev = k.import_pyudev(); "
                  "print(' '.join(m for m in ('subprocess', 'datetime', 'ctypes.util') "
                  "if m in sys.modules)); "
                  "import pyudev._util as u\n"
