@@ -13,7 +13,16 @@ import os
 import struct
 
 from . import TYPE_CHECKING
-from .kernel import DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_TABLE_LOAD
+from .kernel import name_ioctls
+
+# _IOWR(0xfd, nr, struct dm_ioctl of 312 bytes)
+_DM_IOWR = (3 << 30) | (312 << 16) | (0xFD << 8)
+DM_DEV_CREATE = _DM_IOWR | 3
+DM_DEV_REMOVE = _DM_IOWR | 4
+DM_DEV_SUSPEND = _DM_IOWR | 6
+DM_TABLE_LOAD = _DM_IOWR | 9
+name_ioctls({"DM_DEV_CREATE": DM_DEV_CREATE, "DM_DEV_REMOVE": DM_DEV_REMOVE,
+             "DM_DEV_SUSPEND": DM_DEV_SUSPEND, "DM_TABLE_LOAD": DM_TABLE_LOAD})
 
 CONTROL = "/dev/mapper/control"
 VERSION = (4, 0, 0)  # the kernel accepts any minor up to its own under major 4

@@ -13,13 +13,17 @@ import os
 import struct
 
 from . import TYPE_CHECKING
-from .kernel import (  # defined at the syscall boundary, whose trace names them
-    LOOP_CLR_FD,
-    LOOP_CONFIGURE,
-    LOOP_CTL_GET_FREE,
-    LOOP_SET_FD,
-    LOOP_SET_STATUS64,
-)
+from .kernel import name_ioctls
+
+# linux/loop.h
+LOOP_SET_FD = 0x4C00
+LOOP_CLR_FD = 0x4C01
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_GET_FREE = 0x4C82
+name_ioctls({"LOOP_SET_FD": LOOP_SET_FD, "LOOP_CLR_FD": LOOP_CLR_FD,
+             "LOOP_SET_STATUS64": LOOP_SET_STATUS64, "LOOP_CONFIGURE": LOOP_CONFIGURE,
+             "LOOP_CTL_GET_FREE": LOOP_CTL_GET_FREE})
 
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4

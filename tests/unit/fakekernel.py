@@ -16,29 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from storage_init import dm
+from storage_init import dm, loop
 from storage_init import kernel as real
-from storage_init.kernel import (
-    DM_DEV_CREATE,
-    DM_DEV_REMOVE,
-    DM_DEV_SUSPEND,
-    DM_TABLE_LOAD,
-    LOOP_CONFIGURE,
-    LOOP_CTL_GET_FREE,
-    LOOP_SET_FD,
-    LOOP_SET_STATUS64,
-)
+from storage_init.dm import DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_TABLE_LOAD
+from storage_init.kernel import IOCTL_NAMES
+from storage_init.loop import LOOP_CONFIGURE, LOOP_CTL_GET_FREE, LOOP_SET_FD
 
-IOCTL_NAMES = {
-    LOOP_CTL_GET_FREE: "LOOP_CTL_GET_FREE",
-    LOOP_CONFIGURE: "LOOP_CONFIGURE",
-    LOOP_SET_FD: "LOOP_SET_FD",
-    LOOP_SET_STATUS64: "LOOP_SET_STATUS64",
-    DM_DEV_CREATE: "DM_DEV_CREATE",
-    DM_DEV_REMOVE: "DM_DEV_REMOVE",
-    DM_DEV_SUSPEND: "DM_DEV_SUSPEND",
-    DM_TABLE_LOAD: "DM_TABLE_LOAD",
-}
+assert loop.LOOP_CLR_FD in IOCTL_NAMES  # named by loop.py and dm.py, as for the real trace
 LOOP_MAJOR, DM_MAJOR = 7, 254
 
 

@@ -28,8 +28,8 @@ SALT = "00112233"
 
 def test_ioctl_numbers_are_the_kernels() -> None:
     # _IOWR(DM_IOCTL=0xfd, nr, struct dm_ioctl), as strace prints dmsetup's calls
-    assert (kernel.DM_DEV_CREATE, kernel.DM_DEV_REMOVE, kernel.DM_DEV_SUSPEND,
-            kernel.DM_TABLE_LOAD) == (0xC138FD03, 0xC138FD04, 0xC138FD06, 0xC138FD09)
+    assert (dm.DM_DEV_CREATE, dm.DM_DEV_REMOVE, dm.DM_DEV_SUSPEND,
+            dm.DM_TABLE_LOAD) == (0xC138FD03, 0xC138FD04, 0xC138FD06, 0xC138FD09)
 
 
 def test_dm_ioctl_header_layout() -> None:
@@ -70,7 +70,7 @@ def test_deferred_remove_sets_the_kernels_flag() -> None:
     dm.remove(Control(), 3, "initoverlayfs")
     flags = [struct.unpack_from("=I", arg, 28)[0] for _, arg in sent]
     assert flags == [1 << 17, 0]  # DM_DEFERRED_REMOVE in include/uapi/linux/dm-ioctl.h
-    assert {request for request, _ in sent} == {kernel.DM_DEV_REMOVE}
+    assert {request for request, _ in sent} == {dm.DM_DEV_REMOVE}
 
 
 def test_device_number_reads_the_kernels_encoding() -> None:
