@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from .devices import BlockDevice
-    from .kernel import Kernel
+    from .kernelapi import KernelApi
     from .modules import Loader
     from .veritydev import Mapped
 
@@ -59,7 +59,7 @@ class Paths:
 
 @record
 class Boot:
-    kernel: Kernel
+    kernel: KernelApi
     log: Log
     mode: str
     argv: Sequence[str]

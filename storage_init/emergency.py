@@ -34,22 +34,14 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import NoReturn, Protocol
 
-    class _Kernel(Protocol):
-        def exists(self, path: str) -> bool: ...
-        def fork(self) -> int: ...
-        def waitpid(self, pid: int) -> int: ...
-        def execve(self, path: str, argv: list[str], env: Mapping[str, str]) -> NoReturn: ...
-        def exit_child(self, code: int) -> NoReturn: ...
-        def sleep(self, seconds: float) -> None: ...
-        def reboot(self, how: int) -> None: ...
-        def pause(self) -> None: ...
+    from .kernelapi import KernelApi
 
     class _Log(Protocol):
         def error(self, message: str) -> None: ...
         def console(self, message: str) -> None: ...
 
 
-def run_shell(kernel: _Kernel, log: _Log, env: Mapping[str, str]) -> bool:
+def run_shell(kernel: KernelApi, log: _Log, env: Mapping[str, str]) -> bool:
     shell = next((s for s in SHELLS if kernel.exists(s)), None)
     if shell is None:
         log.error(f"rd.shell: no shell in this root (looked for {', '.join(SHELLS)})")
@@ -65,7 +57,7 @@ def run_shell(kernel: _Kernel, log: _Log, env: Mapping[str, str]) -> bool:
     return True
 
 
-def emergency(kernel: _Kernel, log: _Log, policy: Policy, env: Mapping[str, str]) -> NoReturn:
+def emergency(kernel: KernelApi, log: _Log, policy: Policy, env: Mapping[str, str]) -> NoReturn:
     if policy.shell:
         run_shell(kernel, log, env)
     if policy.action == "reboot":

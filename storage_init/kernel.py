@@ -71,7 +71,6 @@ SO_RCVBUFFORCE = 33
 
 _SYS_FINIT_MODULE = 313  # x86_64
 _SYS_INIT_MODULE = 175
-_SYS_PIVOT_ROOT = 155
 
 if TYPE_CHECKING:
     Tracer = Callable[[str], None]
@@ -179,13 +178,6 @@ class Kernel:
 
     def chdir(self, path: str) -> None:
         self._os_call(f"chdir({path!r})", path, lambda: os.chdir(path))
-
-    def pivot_root(self, new_root: str, put_old: str) -> None:
-        self._libc_call(
-            f"pivot_root({new_root!r}, {put_old!r})",
-            new_root,
-            lambda: self._libc.syscall(_SYS_PIVOT_ROOT, new_root.encode(), put_old.encode()),
-        )
 
     def statfs_type(self, path: str) -> int:
         buf = _StatFs()

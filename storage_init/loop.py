@@ -48,16 +48,13 @@ def loop_config(backing_fd: int, backing: str, flags: int) -> bytes:
 if TYPE_CHECKING:
     from typing import Protocol
 
-    class _Kernel(Protocol):
-        def open(self, path: str, flags: int) -> int: ...
-        def close(self, fd: int) -> None: ...
-        def ioctl(self, fd: int, request: int, arg: int | bytes) -> int | bytes: ...
+    from .kernelapi import KernelApi
 
     class _Log(Protocol):
         def info(self, message: str) -> None: ...
 
 
-def attach(kernel: _Kernel, log: _Log, image: str) -> tuple[str, int]:
+def attach(kernel: KernelApi, log: _Log, image: str) -> tuple[str, int]:
     """Returns the loop device path and an open fd on it. The image must exist.
 
     With autoclear the kernel detaches the device when its last user goes away, so the fd
@@ -83,7 +80,7 @@ def attach(kernel: _Kernel, log: _Log, image: str) -> tuple[str, int]:
         kernel.close(backing)  # the loop device holds its own reference
 
 
-def _configure(kernel: _Kernel, log: _Log, device: str, backing: int, image: str,
+def _configure(kernel: KernelApi, log: _Log, device: str, backing: int, image: str,
                flags: int) -> int | None:
     """The open, configured device; None when another process took it first."""
     fd = kernel.open(device, os.O_RDONLY)
@@ -97,7 +94,7 @@ def _configure(kernel: _Kernel, log: _Log, device: str, backing: int, image: str
     return None
 
 
-def _set_backing(kernel: _Kernel, log: _Log, fd: int, device: str, backing: int, image: str,
+def _set_backing(kernel: KernelApi, log: _Log, fd: int, device: str, backing: int, image: str,
                  flags: int) -> bool:
     try:
         kernel.ioctl(fd, LOOP_CONFIGURE, loop_config(backing, image, flags))

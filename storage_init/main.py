@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
+    from .kernelapi import KernelApi
 
-def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
+
+def boot_pid1(kernel: KernelApi, argv: Sequence[str], env: Mapping[str, str],
               paths: Paths | None = None, entered: float | None = None) -> NoReturn:
     log = Log(kernel)
     boot = Boot(kernel, log, RDINIT, argv, env, paths or Paths(), started=kernel.boottime(),
@@ -43,7 +45,7 @@ def boot_pid1(kernel: Kernel, argv: Sequence[str], env: Mapping[str, str],
         kernel.pause()
 
 
-def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths,
+def run_service(kernel: KernelApi, argv: Sequence[str], paths: Paths,
                 entered: float | None = None) -> int:
     boot = Boot(kernel, Log(kernel), SYSTEMD, argv, os.environ, paths,
                 started=kernel.boottime(), entered=entered, modules_at_start=tuple(sys.modules))
@@ -51,7 +53,7 @@ def run_service(kernel: Kernel, argv: Sequence[str], paths: Paths,
     return 0
 
 
-def dry_run(kernel: Kernel, mode: str, paths: Paths, cmdline: str | None,
+def dry_run(kernel: KernelApi, mode: str, paths: Paths, cmdline: str | None,
             config: str | None = None, kver: str | None = None) -> int:
     """The plan, for the config at paths.config (or `config`, a mini-initramfs's own, which
     initoverlayfs-inspect --plan passes with its kernel version `kver`)."""

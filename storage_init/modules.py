@@ -212,11 +212,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import Protocol
 
-    class _Kernel(Protocol):
-        def open(self, path: str, flags: int) -> int: ...
-        def close(self, fd: int) -> None: ...
-        def read_file(self, path: str) -> bytes: ...
-        def finit_module(self, fd: int, params: str, flags: int, path: str) -> None: ...
+    from .kernelapi import KernelApi
 
     class _Log(Protocol):
         def info(self, message: str) -> None: ...
@@ -227,7 +223,7 @@ if TYPE_CHECKING:
 class Loader:
     """Loads modules once each; remembers what it loaded and what failed, for error messages."""
 
-    def __init__(self, kernel: _Kernel, log: _Log, directory: str, index: ModuleIndex,
+    def __init__(self, kernel: KernelApi, log: _Log, directory: str, index: ModuleIndex,
                  params: dict[str, str] | None = None,
                  blacklist: dict[str, str] | None = None) -> None:
         self.kernel, self.log, self.directory, self.index = kernel, log, directory, index
@@ -240,7 +236,7 @@ class Loader:
         self._cpu: tuple[dict[str, tuple[str, ...]], str] | None = None
 
     @classmethod
-    def from_directory(cls, kernel: _Kernel, log: _Log, directory: str,
+    def from_directory(cls, kernel: KernelApi, log: _Log, directory: str,
                        params: dict[str, str] | None = None,
                        blacklist: dict[str, str] | None = None) -> Loader:
         def text(name: str) -> str:

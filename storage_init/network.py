@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import _socket
     from collections.abc import Callable
 
-    from .kernel import Kernel
+    from .kernelapi import KernelApi
     from .log import Log
     from .modules import Loader
     from .netconf import IpConfig, NbdTarget
@@ -55,14 +55,14 @@ def _timeout() -> OSError:
     return OSError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
 
 
-def interfaces(kernel: Kernel, sysfs: str) -> list[str]:
+def interfaces(kernel: KernelApi, sysfs: str) -> list[str]:
     try:
         return sorted(kernel.listdir(f"{sysfs}/class/net"))
     except OSError:
         return []
 
 
-def _ifindex(kernel: Kernel, sysfs: str, name: str) -> int | None:
+def _ifindex(kernel: KernelApi, sysfs: str, name: str) -> int | None:
     try:
         text = kernel.read_file(f"{sysfs}/class/net/{name}/ifindex").decode().strip()
     except OSError:
@@ -70,7 +70,7 @@ def _ifindex(kernel: Kernel, sysfs: str, name: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def wait_interface(kernel: Kernel, log: Log, loader: Loader, uevents: _socket.socket,
+def wait_interface(kernel: KernelApi, log: Log, loader: Loader, uevents: _socket.socket,
                    name: str, sysfs: str, deadline: float, load_drivers: bool,
                    retrigger: Callable[[], None]) -> int:
     """The interface's index, once it exists; NIC drivers are loaded as their devices appear."""
@@ -98,7 +98,7 @@ def wait_interface(kernel: Kernel, log: Log, loader: Loader, uevents: _socket.so
     return index
 
 
-def bring_up(kernel: Kernel, log: Log, config: IpConfig, index: int, deadline: float) -> None:
+def bring_up(kernel: KernelApi, log: Log, config: IpConfig, index: int, deadline: float) -> None:
     """Link up, carrier, the address, the default route: what `ip=...:none` asks for."""
     name = config.interface
     nl = rtnl.Conversation(kernel, rtnl.NETLINK_ROUTE, rtnl.RTMGRP_LINK)
@@ -123,7 +123,7 @@ def bring_up(kernel: Kernel, log: Log, config: IpConfig, index: int, deadline: f
     log.info(f"network: {config}")
 
 
-def _wait_carrier(kernel: Kernel, nl: rtnl.Conversation, name: str, index: int,
+def _wait_carrier(kernel: KernelApi, nl: rtnl.Conversation, name: str, index: int,
                   deadline: float) -> None:
     # The state now (the socket already listens, so a change after this answer is an event)
     for reply in nl.request(rtnl.get_link(index, nl.next_seq()), f"read {name}", deadline):
@@ -143,7 +143,7 @@ def _wait_carrier(kernel: Kernel, nl: rtnl.Conversation, name: str, index: int,
                 return
 
 
-def connect_nbd(kernel: Kernel, log: Log, loader: Loader, target: NbdTarget,
+def connect_nbd(kernel: KernelApi, log: Log, loader: Loader, target: NbdTarget,
                 deadline: float) -> str:
     """Negotiate the export and hand the connection to the kernel; the device's name."""
     server = f"{target.host}:{target.port}"
@@ -173,7 +173,7 @@ def connect_nbd(kernel: Kernel, log: Log, loader: Loader, target: NbdTarget,
         sock.close()  # the kernel holds its own reference from NBD_CMD_CONNECT on
 
 
-def _hand_over(kernel: Kernel, target: NbdTarget, export: nbdproto.Export, fd: int,
+def _hand_over(kernel: KernelApi, target: NbdTarget, export: nbdproto.Export, fd: int,
                deadline: float) -> str:
     hint = "that the kernel has the nbd driver (CONFIG_BLK_DEV_NBD, module nbd)"
     gnl = rtnl.Conversation(kernel, rtnl.NETLINK_GENERIC)

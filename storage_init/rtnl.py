@@ -2,7 +2,7 @@
 nbd driver's generic netlink family, with pyroute2's message classes.
 
 pyroute2 encodes and decodes the messages; the sockets are the syscall boundary's
-(Kernel.netlink_*), so the unit tier can play the kernel's side with pyroute2 too. Only the
+(KernelApi.netlink_*), so the unit tier can play the kernel's side with pyroute2 too. Only the
 message modules are imported, never pyroute2's package `__init__`: that imports ~300 modules
 (asyncio, ssl, sqlite3, multiprocessing) and cost 178 ms natively, against 28 ms for the
 message classes (`python -X importtime`, pyroute2 0.9.7). Nothing here is imported on a boot
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import _socket
     from collections.abc import Iterator
 
-    from .kernel import Kernel
+    from .kernelapi import KernelApi
 
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if.h>
 NETLINK_ROUTE, NETLINK_GENERIC = 0, 16
@@ -249,7 +249,7 @@ class Conversation:
     """One netlink socket: requests answered by sequence number; anything else the kernel
     sends meanwhile (multicast notifications) is kept for `events`, in order."""
 
-    def __init__(self, kernel: Kernel, protocol: int, groups: int = 0) -> None:
+    def __init__(self, kernel: KernelApi, protocol: int, groups: int = 0) -> None:
         self.kernel = kernel
         self.sock: _socket.socket = kernel.netlink_open(protocol, groups)
         self.seq = 0

@@ -23,12 +23,7 @@ from . import TYPE_CHECKING, standins
 if TYPE_CHECKING:
     from typing import Protocol
 
-    class _Kernel(Protocol):
-        def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]: ...
-        def listdir(self, path: str) -> list[str]: ...
-        def exists(self, path: str) -> bool: ...
-        def realpath(self, path: str) -> str: ...
-        def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None: ...
+    from .kernelapi import KernelApi
 
     class _Log(Protocol):
         def warning(self, message: str) -> None: ...
@@ -114,7 +109,7 @@ def import_pyudev() -> types.ModuleType:
     }, importer)
 
 
-def _sysfs_devices(kernel: _Kernel, subsystems: tuple[str, ...], sysfs: str) -> list[str]:
+def _sysfs_devices(kernel: KernelApi, subsystems: tuple[str, ...], sysfs: str) -> list[str]:
     paths: list[str] = []
     for subsystem in subsystems:
         for base in (f"{sysfs}/bus/{subsystem}/devices", f"{sysfs}/class/{subsystem}"):
@@ -125,7 +120,7 @@ def _sysfs_devices(kernel: _Kernel, subsystems: tuple[str, ...], sysfs: str) -> 
     return list(dict.fromkeys(paths))
 
 
-def storage_devices(kernel: _Kernel, log: _Log, subsystems: tuple[str, ...],
+def storage_devices(kernel: KernelApi, log: _Log, subsystems: tuple[str, ...],
                     sysfs: str = "/sys") -> list[str]:
     """sysfs paths of the devices in these subsystems."""
     try:
@@ -135,7 +130,7 @@ def storage_devices(kernel: _Kernel, log: _Log, subsystems: tuple[str, ...],
         return _sysfs_devices(kernel, subsystems, sysfs)
 
 
-def trigger(kernel: _Kernel, log: _Log, subsystems: tuple[str, ...],
+def trigger(kernel: KernelApi, log: _Log, subsystems: tuple[str, ...],
             sysfs: str = "/sys") -> int:
     """Ask the kernel to resend `add` for each device; returns how many were triggered."""
     count = 0

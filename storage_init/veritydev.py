@@ -20,7 +20,7 @@ from .verity import BLOCK, DM_NAME, ON_CORRUPTION, Verity
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .kernel import Kernel
+    from .kernelapi import KernelApi
     from .log import Log
 
 NO_VERITY_HINT = "that the kernel has dm-verity (CONFIG_DM_VERITY, module dm-verity)"
@@ -35,7 +35,7 @@ class Mapped:
     node: str  # the device to mount, /dev/dm-N
 
 
-def map_over(kernel: Kernel, dev: str, control: int, tree: Verity, loop_device: str,
+def map_over(kernel: KernelApi, dev: str, control: int, tree: Verity, loop_device: str,
              image: str, refusal: Callable[[], BootError],
              read_image: Callable[[int], bytes]) -> Mapped:
     """Map `tree` over `loop_device` (which holds `image`) and read the device's first block.
@@ -73,7 +73,7 @@ def map_over(kernel: Kernel, dev: str, control: int, tree: Verity, loop_device: 
     return Mapped(control, backing, node)
 
 
-def seal(kernel: Kernel, log: Log, mapped: Mapped, tree: Verity, action: str) -> None:
+def seal(kernel: KernelApi, log: Log, mapped: Mapped, tree: Verity, action: str) -> None:
     """From here on a corrupted block is never an I/O error that init may step over: the
     table again with the reaction `action` (rd.emergency=) asks for; then the device is
     removed once its last user goes. Failures are warnings: the table in place already

@@ -131,7 +131,7 @@ class Machine:
     def boot(self, argv: list[str] | None = None) -> BaseException:
         """Run storage-init as PID 1 until it execs, reboots or blocks for good."""
         try:
-            boot_pid1(self.k, argv or ["/init"], {"TERM": "linux"}, Paths())  # type: ignore[arg-type]
+            boot_pid1(self.k, argv or ["/init"], {"TERM": "linux"}, Paths())
         except (Executed, Rebooted, Paused) as exc:
             self.result = exc
             return exc

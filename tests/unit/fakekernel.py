@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from storage_init import dm, loop
 from storage_init import kernel as real
@@ -312,6 +312,26 @@ class FakeKernel:
         self.now += timeout
         return None
 
+    # The network's sockets: test_network.py's FakeNetKernel answers them like Linux; a
+    # boot of this fake never reaches them (its bootfs is local).
+    def netlink_open(self, protocol: int, groups: int = 0) -> FakeSocket:
+        raise oserror(errno.ENOSYS, "netlink")
+
+    def netlink_send(self, sock: object, data: bytes) -> None:
+        raise oserror(errno.ENOSYS, "netlink")
+
+    def netlink_recv(self, sock: object, timeout: float) -> bytes | None:
+        raise oserror(errno.ENOSYS, "netlink")
+
+    def tcp_connect(self, host: str, port: int, timeout: float) -> FakeSocket:
+        raise oserror(errno.ENOSYS, f"{host}:{port}")
+
+    def sock_send(self, sock: object, data: bytes, deadline: float) -> None:
+        raise oserror(errno.ENOSYS, "socket")
+
+    def sock_recv(self, sock: object, length: int, deadline: float) -> bytes:
+        raise oserror(errno.ENOSYS, "socket")
+
     def udev_devices(self, subsystems: tuple[str, ...]) -> list[str]:
         self.calls.append(("udev_devices", subsystems))
         if self.udev_error:
@@ -359,3 +379,13 @@ class FakeKernel:
 
     def pause(self) -> None:
         raise Paused()
+
+
+
+if TYPE_CHECKING:
+    from storage_init.kernelapi import KernelApi
+
+    # mypy checks here that the fake and the syscall boundary have one interface
+    # (storage_init.kernelapi), so the unit tier cannot drift from the real kernel
+    _FAKE: KernelApi = FakeKernel()
+    _REAL: KernelApi = real.Kernel()

@@ -18,7 +18,7 @@ from .fakekernel import Rebooted
 
 
 def systemd_boot(m: Machine) -> Boot:
-    boot = Boot(m.k, Log(m.k), SYSTEMD, ["storage-init", "--systemd"], {}, Paths())  # type: ignore[arg-type]
+    boot = Boot(m.k, Log(m.k), SYSTEMD, ["storage-init", "--systemd"], {}, Paths())
     boot.run(steps_for(SYSTEMD), after=boot.finish)
     return boot
 
@@ -84,7 +84,7 @@ def test_systemd_mode_failure_applies_rd_emergency_itself(machine: Machine) -> N
 def test_dry_run_prints_settings_and_plan_and_touches_nothing(
         machine: Machine, capsys: pytest.CaptureFixture[str]) -> None:
     machine.k.pid = 999
-    rc = dry_run(machine.k, "rdinit", Paths(), "quiet rd.initoverlayfs.timeout=7")  # type: ignore[arg-type]
+    rc = dry_run(machine.k, "rdinit", Paths(), "quiet rd.initoverlayfs.timeout=7")
     out = capsys.readouterr().out
     assert rc == 0
     assert f"bootfs        UUID={BOOT_UUID}" in out and "timeout       7 s" in out
@@ -97,7 +97,7 @@ def test_dry_run_prints_settings_and_plan_and_touches_nothing(
 def test_dry_run_reports_config_errors(machine: Machine,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     machine.config("bootfs nothing\n")
-    assert dry_run(machine.k, "rdinit", Paths(), "") == 1  # type: ignore[arg-type]
+    assert dry_run(machine.k, "rdinit", Paths(), "") == 1
     assert "line 1 (bootfs)" in capsys.readouterr().err
 
 

@@ -19,6 +19,8 @@ from storage_init.errors import BootError
 from storage_init.netconf import IpConfig, NbdTarget, parse_ip, parse_nbd
 from storage_init.settings import resolve
 
+from .fakekernel import FakeKernel
+
 # --- ip= ----------------------------------------------------------------------------------
 
 
@@ -230,12 +232,14 @@ def newlink(index: int, flags: int, seq: int = 0) -> bytes:
     return answer(msg, rtnl.RTM_NEWLINK, seq)
 
 
-class FakeNetKernel:
+class FakeNetKernel(FakeKernel):
     """What storage_init.network asks of the kernel, answered like Linux: acks, link state
-    (carrier after `carrier_after` seconds, as a notification), genl families, NBD devices."""
+    (carrier after `carrier_after` seconds, as a notification), genl families, NBD devices.
+    The rest of the kernel's interface is the recording fake's."""
 
     def __init__(self, carrier_after: float | None = 0.0, addr_error: int = 0,
                  server: Server | None = None, connect_error: int = 0) -> None:
+        super().__init__()
         self.now = 0.0
         self.carrier_after, self.addr_error = carrier_after, addr_error
         self.server, self.connect_error = server, connect_error
@@ -367,7 +371,7 @@ class NoModules:
 
 def bring_up(kernel: FakeNetKernel, value: str = IP, deadline: float = 5.0) -> Quiet:
     log = Quiet()
-    network.bring_up(kernel, log, parse_ip(value), 2, deadline)  # type: ignore[arg-type]
+    network.bring_up(kernel, log, parse_ip(value), 2, deadline)  # type: ignore[arg-type]  # Log and Loader stand-ins
     return log
 
 
@@ -425,7 +429,7 @@ def uevents_then(kernel: FakeNetKernel, events: list[tuple[float, bytes, Callabl
             return data
         kernel.now += timeout
         return None
-    kernel.uevent_recv = recv  # type: ignore[attr-defined]
+    kernel.uevent_recv = recv  # type: ignore[method-assign]
 
 
 def test_the_interface_is_awaited_loading_nic_drivers_by_modalias() -> None:
@@ -438,7 +442,7 @@ def test_the_interface_is_awaited_loading_nic_drivers_by_modalias() -> None:
          lambda: None),
         (0.75, b"add@/devices/pci/virtio1/net/eth0\0ACTION=add\0SUBSYSTEM=net\0INTERFACE=eth0",
          appear)])
-    index = network.wait_interface(kernel, Quiet(), loader, None, "eth0", "/sys", 5.0,  # type: ignore[arg-type]
+    index = network.wait_interface(kernel, Quiet(), loader, None, "eth0", "/sys", 5.0,  # type: ignore[arg-type]  # Log and Loader stand-ins
                                    True, lambda: None)
     assert index == 2 and loader.asked == ["virtio:d00000001v00001AF4"] and kernel.now == 0.75
 
@@ -448,7 +452,7 @@ def test_a_missing_interface_lists_what_is_there() -> None:
     uevents_then(kernel, [])
     with pytest.raises(BootError, match=r"find the network interface eth9 \(interfaces seen: "
                                         r"eth0, lo; drivers loaded: none\)"):
-        network.wait_interface(kernel, Quiet(), NoModules(), None, "eth9", "/sys", 2.0,  # type: ignore[arg-type]
+        network.wait_interface(kernel, Quiet(), NoModules(), None, "eth9", "/sys", 2.0,  # type: ignore[arg-type]  # Log and Loader stand-ins
                                True, lambda: None)
 
 
@@ -459,7 +463,7 @@ TARGET = NbdTarget("10.0.2.100", 10809, "boot")
 
 def test_nbd_is_negotiated_then_handed_to_the_kernel_by_generic_netlink() -> None:
     kernel, loader = FakeNetKernel(server=Server(SERVED)), NoModules()
-    name = network.connect_nbd(kernel, Quiet(), loader, TARGET, 5.0)  # type: ignore[arg-type]
+    name = network.connect_nbd(kernel, Quiet(), loader, TARGET, 5.0)  # type: ignore[arg-type]  # Log and Loader stand-ins
     assert name == "nbd3" and loader.asked == ["nbd"]
     (_, family), (_, connect) = kernel.sent
     assert family.get_attr("CTRL_ATTR_FAMILY_NAME") == "nbd"
@@ -475,14 +479,14 @@ def test_nbd_is_negotiated_then_handed_to_the_kernel_by_generic_netlink() -> Non
 def test_nbd_server_down_names_the_address_and_errno() -> None:
     with pytest.raises(BootError, match=r"connect to the NBD server 10.0.2.100:10809: "
                                         r"Connection refused.*check that an NBD server listens"):
-        network.connect_nbd(FakeNetKernel(), Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]
+        network.connect_nbd(FakeNetKernel(), Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]  # Log and Loader stand-ins
 
 
 def test_nbd_unknown_export_points_at_the_export_name() -> None:
     kernel = FakeNetKernel(server=Server(GREETING + reply(nbdproto.UNKNOWN_EXPORT)))
     with pytest.raises(BootError, match=r"attach nbd:10.0.2.100:10809/boot: export 'boot': no "
                                         r"such export on the server; check the export name"):
-        network.connect_nbd(kernel, Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]
+        network.connect_nbd(kernel, Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]  # Log and Loader stand-ins
     assert kernel.closed == ["tcp"]
 
 
@@ -490,7 +494,7 @@ def test_nbd_refused_by_the_kernel_names_the_driver() -> None:
     kernel = FakeNetKernel(server=Server(SERVED), connect_error=errno.EINVAL)
     with pytest.raises(BootError, match=r"NBD_CMD_CONNECT\): Invalid argument; check that the "
                                         r"kernel has the nbd driver"):
-        network.connect_nbd(kernel, Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]
+        network.connect_nbd(kernel, Quiet(), NoModules(), TARGET, 5.0)  # type: ignore[arg-type]  # Log and Loader stand-ins
 
 
 def test_a_storage_init_frozen_without_pyroute2_says_to_rebuild_for_the_network(
