@@ -330,11 +330,12 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = F
     if python == sys.executable and importlib.util.find_spec("nuitka") is None:
         raise BuildError(f"Nuitka is not installed for {python}; it compiles storage-init "
                          "into the frozen folder the mini-initramfs carries",
-                         f"{python} -m pip install nuitka, or pass --storage-init DIR with a "
-                         "folder frozen elsewhere (initoverlayfs-freeze --output DIR)")
+                         f"{python} -m pip install '.[freeze]' in the source checkout (Nuitka, "
+                         "pyudev, pyroute2), or pass --storage-init DIR with a folder frozen "
+                         "elsewhere (initoverlayfs-freeze --output DIR)")
     if network and importlib.util.find_spec("pyroute2") is None:
         raise BuildError("--network needs pyroute2 in the Python that freezes storage-init",
-                         f"{python} -m pip install pyroute2")
+                         f"{python} -m pip install '.[freeze]' in the source checkout")
     need("patchelf", "by Nuitka for standalone programs")
     need("gcc", "by Nuitka to compile storage-init")
     script = Path(storage_init.__file__).parent / "__main__.py"
