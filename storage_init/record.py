@@ -4,7 +4,7 @@ dataclasses writes each class's __init__, __repr__, __eq__ and frozen __setattr_
 text and compiles it while the class is created, and importing it pulls in inspect, ast, dis
 and tokenize. For storage-init's 12 classes that was the largest part of its own imports:
 about 40 ms of CPU natively under CPython, and with the other start-cost changes about 0.5 s
-of a boot under QEMU TCG (see README, Freezing). `record` builds the same methods from
+of a boot under QEMU TCG (see docs/choices.md, Freezing). `record` builds the same methods from
 closures instead.
 
 To mypy, `record` and `field` are dataclasses' own (the TYPE_CHECKING branch), so the fields,

@@ -2,7 +2,7 @@
 bytes every time, and choosing that format for the target kernel.
 
 Chosen by what a boot pays, the kernel's unpack, measured by instructions (QEMU -icount) on the
-11.5 MB mini-initramfs (README "Choices, measured"): lz4 -l -12 4.78 MB in 90 ms, zstd -15
+11.5 MB mini-initramfs (docs/choices.md): lz4 -l -12 4.78 MB in 90 ms, zstd -15
 3.77 MB in 193 ms (-19: 3.40 MB in 223 ms), gzip and xz slower still. lz4 is the default for a
 kernel that unpacks it and reads its end mark (below); zstd, the smallest of the fast ones and
 self-terminating, for any other. lz4's extra megabyte is what the bootloader reads more: natively

@@ -1,4 +1,4 @@
-"""The benchmark (README, "Benchmark"): the same Debian kernel and the same payload booted five
+"""The benchmark (docs/benchmark.md): the same Debian kernel and the same payload booted five
 ways under QEMU, interleaved, so that drift hits every path alike.
 
 - classic-zstd: one initramfs (zstd -15 as dracut makes it) holding the payload and the final
