@@ -251,6 +251,6 @@ def test_no_nuitka_is_one_error_saying_what_to_install(
                         lambda name, *a: None if name == "nuitka" else real(name, *a))
     assert freeze.main(["--output", str(sysroot / "frozen-out")]) == 1
     err = capsys.readouterr().err
-    assert "error: Nuitka is not installed for" in err and "-m pip install nuitka" in err, err
+    assert "error: Nuitka is not installed for" in err and "-m pip install '.[freeze]'" in err, err
     assert "Traceback" not in err
     assert not (sysroot / "frozen-out").exists()
