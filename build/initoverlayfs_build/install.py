@@ -283,17 +283,79 @@ def host_modules(ui: Ui, index: ModuleIndex) -> list[str] | None:
     return names
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Everything a build decides before it writes anything."""
+
+    args: argparse.Namespace
+    sysroot: Path
+    kver: str
+    boot_dir: Path
+    etc_dir: Path
+    moddir: Path
+    existing: list[str]  # this kernel's files in /boot that the build replaces
+    with_dracut: bool  # the mini-initramfs made by dracut (--systemd, --mini-with dracut)
+    unpacked: initramfs.Unpacked | None  # --from-initramfs, read
+    config_text: str
+    from_fstab: bool  # the config was made from /etc/fstab (and is written to /etc after)
+    listed: tuple[str, ...]  # the bootfs's filesystem types, when known
+    network: bool
+    frozen: Path
+    compression: str | None  # the image's
+    method: str  # the mini-initramfs's
+
+
+@dataclass(frozen=True)
+class Modules:
+    """The mini-initramfs's modules: which, why, and their files (none: dracut ships them)."""
+
+    names: tuple[str, ...]  # in load order
+    reasons: dict[str, str]
+    files: dict[str, bytes]
+    hostonly: bool
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path  # in the work directory
+    name: str  # its name in /boot
+    tree: Verity | None
+
+
 def build(ui: Ui, args: argparse.Namespace) -> Result | None:
-    """The pair for one kernel, in /boot; None after a dry run (nothing written)."""
+    """The pair for one kernel, in /boot; None after a dry run (nothing written). Every
+    refusal comes first (plan, modules); then the image, the mini-initramfs that names it,
+    and the atomic replacement of the pair."""
     started = time.monotonic()
+    plan = make_plan(ui, args)
+    modules = choose_modules(ui, plan)
+    if args.dry_run:
+        print_plan(plan, modules)
+        return None
+    workdirs.remove_stale(ui)
+    with tempfile.TemporaryDirectory(prefix=workdirs.prefix(), dir=workdirs.base()) as work:
+        workdir = Path(work)
+        unpacked = plan.unpacked
+        if args.from_dir is None and unpacked is None:
+            unpacked = initramfs.load(ui, dracut.content(ui, plan.sysroot, plan.kver,
+                                                         modules.hostonly,
+                                                         workdir / "dracut.img"))
+        image = make_image(ui, plan, workdir, unpacked)
+        mini = make_mini_initramfs(ui, plan, modules, image, workdir, unpacked)
+        install_pair(ui, plan, image, mini)
+        return Result(plan.boot_dir / pair.mini_name(plan.kver), plan.boot_dir / image.name,
+                      len(mini), image.path.stat().st_size, modules.names,
+                      time.monotonic() - started)
+
+
+def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
+    """Every check that can refuse the build, before anything is written."""
     sysroot = args.sysroot.resolve()
     if not sysroot.is_dir():
         raise BuildError(f"the sysroot {sysroot} is not a directory")
     kver = pick_kver(sysroot, args.kver)
     boot_dir = within(sysroot, "boot")
     etc_dir = within(sysroot, "etc")
-
-    # --- every refusal first: nothing is written before these pass ---
     moddir = kmods.modules_dir(sysroot, kver)
     mkfs = need("mkfs.erofs", "to make the initoverlayfs image")
     if not boot_dir.is_dir():
@@ -340,22 +402,29 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
     if method == "lz4" and not compress.reads_lz4_end_mark(kver):
         ui.warning(f"lz4 for {kver}: kernels before 6.1 read no end mark after an lz4 "
                    "initramfs, so nothing a bootloader appends to it will be unpacked")
+    return Plan(args, sysroot, kver, boot_dir, etc_dir, moddir, existing, with_dracut,
+                unpacked, config_text, user_config is None, tuple(listed), network, frozen,
+                compression, method)
 
-    # --- modules ---
-    index = kmods.load_index(moddir)
+
+def choose_modules(ui: Ui, plan: Plan) -> Modules:
+    """The drivers (host-only, --drivers, or the common ones), the filesystems, the image's
+    stack and verity, with their dependencies; refused when a named one is missing."""
+    args, kver = plan.args, plan.kver
+    index = kmods.load_index(plan.moddir)
     named = args.drivers.split() if args.drivers is not None else None
     if named is not None:  # --drivers: for known hardware, whatever this host has
         hostonly, drivers = False, named
     else:
-        hostonly = args.hostonly if args.hostonly is not None else sysroot == Path("/")
+        hostonly = args.hostonly if args.hostonly is not None else plan.sysroot == Path("/")
         drivers = host_modules(ui, index) if hostonly else None
     if drivers is None:
         drivers = kmods.generic_drivers()
     extra = args.add_drivers.split()
-    if network:
+    if plan.network:
         drivers = [*drivers, *kmods.network_drivers()]
-    fstypes = list(listed) or list(kmods.GENERIC_FS)
-    if not listed:
+    fstypes = list(plan.listed) or list(kmods.GENERIC_FS)
+    if not plan.listed:
         # (a bootfs on the network, or a config without it: its fstab entry is not read)
         ui.info(f"no bootfstype in the config: the mini-initramfs gets the modules of "
                 f"{', '.join(fstypes)} (xfs and btrfs are 8 MB unpacked); name the bootfs's "
@@ -366,7 +435,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
     selection = kmods.select(index, wanted)
     # and the accelerated hash the kernel checks each module's signature with, which
     # storage-init loads first (storage_init.modules.SIGNATURE_HASHES)
-    signature = kmods.signature_hash_module(ui, moddir, index, selection.modules)
+    signature = kmods.signature_hash_module(ui, plan.moddir, index, selection.modules)
     if signature in SIGNATURE_HASHES and signature not in wanted:
         wanted.append(signature)
         selection = kmods.select(index, wanted)
@@ -374,7 +443,7 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
         raise BuildError(f"{kver} has no dm-verity (CONFIG_DM_VERITY), built in or as a module",
                          "use a kernel with it, or pass --no-verity to boot the image "
                          "unverified")
-    if network and "nbd" in selection.missing:
+    if plan.network and "nbd" in selection.missing:
         raise BuildError(f"{kver} has no nbd driver (CONFIG_BLK_DEV_NBD), built in or as a "
                          "module", "use a kernel with it for a bootfs on the network")
     for option, given in (("--drivers", named or []), ("--add-drivers", extra)):
@@ -386,140 +455,124 @@ def build(ui: Ui, args: argparse.Namespace) -> Result | None:
         ui.info(f"not in {kver} (built in under another name, or absent): "
                 f"{', '.join(selection.missing)}")
     # (dracut installs the modules itself when it makes the mini-initramfs)
-    module_files = ({} if with_dracut
-                    else kmods.module_files(ui, moddir, index, selection.modules))
-    if args.dry_run:
-        plan = Plan(kver, boot_dir, existing, method, compression, args.verity, with_dracut,
-                    args.systemd, frozen, dict(kmods.reasons(index, selection.modules)),
-                    module_files, config_text, None if user_config else etc_dir)
-        print_plan(plan, content_summary(args, unpacked, kver, hostonly),
-                   None if with_dracut else cpio_mini_initramfs(
-                       ui, method, frozen, module_files, kver,
-                       build_config(config_text, image_name(kver, "0" * pair.ID_LENGTH),
-                                    None), unpacked))
-        return None
-
-    workdirs.remove_stale(ui)
-    with tempfile.TemporaryDirectory(prefix=workdirs.prefix(), dir=workdirs.base()) as work:
-        workdir = Path(work)
-        # --- the initoverlayfs image ---
-        tree = args.from_dir
-        if tree is None:
-            if unpacked is None:
-                unpacked = initramfs.load(ui, dracut.content(ui, sysroot, kver, hostonly,
-                                                             workdir / "dracut.img"))
-            tree = workdir / "tree"
-            tree.mkdir()
-            with ui.step(f"unpacking {len(unpacked.entries)} entries of the source initramfs"):
-                initramfs.extract(ui, unpacked.entries, tree)
-            content.adapt(ui, tree)
-        image = workdir / "image.erofs"
-        epoch = source_date_epoch()
-        erofs.make_image(ui, tree, image, compression=compression, kver=kver, epoch=epoch)
-        tree_info = None
-        if args.verity:
-            uuid = erofs.image_uuid(kver, epoch)
-            with ui.step("appending the dm-verity hash tree"):
-                tree_info = verity.append(image, verity_salt(uuid),
-                                          bytes.fromhex(uuid.replace("-", "")))
-            ui.info(f"verity root hash {tree_info.root_hash} "
-                    f"(+{tree_info.file_size - tree_info.hash_offset} bytes of hash tree)")
-        name = image_name(kver, pair.image_id(
-            image, tree_info.root_hash if tree_info else None))
-        mini_config = checked_config(build_config(config_text, name, tree_info),
-                                     "the mini-initramfs's config")
-
-        # --- the mini-initramfs ---
-        if with_dracut:
-            config_file = workdir / CONFIG_NAME
-            config_file.write_text(mini_config)
-            inside = "/" / frozen.resolve().relative_to(sysroot)
-            made = dracut.mini_initramfs(
-                ui, sysroot=sysroot, kver=kver, systemd=args.systemd, frozen=inside,
-                drivers=list(selection.modules), config=config_file,
-                compress=method, target=workdir / "mini.img")
-            initramfs_bytes = made.read_bytes()  # dracut adds early microcode itself
-        else:
-            initramfs_bytes = cpio_mini_initramfs(ui, method, frozen, module_files, kver,
-                                                  mini_config, unpacked)
-        initramfs_bytes = compress.finish(method, kver, initramfs_bytes)
-
-        pair.replace(ui, boot_dir, kver, image, name, initramfs_bytes)
-        if user_config is None:
-            # The mini-initramfs carries its own copy: this file only spares the next build
-            # the reading of fstab, so failing to write it is no reason to fail this one.
-            try:
-                output.write_file_atomically(etc_dir / CONFIG_NAME,
-                                             config_text.encode())
-                ui.info(f"wrote {etc_dir / CONFIG_NAME} from /etc/fstab")
-            except BuildError as exc:
-                ui.warning(f"the new pair is in place, but {etc_dir / CONFIG_NAME} "
-                           f"was not written: {exc.message}")
-        return Result(boot_dir / pair.mini_name(kver), boot_dir / name, len(initramfs_bytes),
-                      image.stat().st_size, selection.modules, time.monotonic() - started)
+    files = ({} if plan.with_dracut
+             else kmods.module_files(ui, plan.moddir, index, selection.modules))
+    return Modules(selection.modules, kmods.reasons(index, selection.modules), files, hostonly)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a build would do, for --dry-run."""
+def make_image(ui: Ui, plan: Plan, workdir: Path,
+               unpacked: initramfs.Unpacked | None) -> Image:
+    """The EROFS image of the content (--from-dir's tree, or the initramfs unpacked and
+    adapted), with its dm-verity tree appended; its name carries its root hash."""
+    tree = plan.args.from_dir
+    if tree is None:
+        assert unpacked is not None
+        tree = workdir / "tree"
+        tree.mkdir()
+        with ui.step(f"unpacking {len(unpacked.entries)} entries of the source initramfs"):
+            initramfs.extract(ui, unpacked.entries, tree)
+        content.adapt(ui, tree)
+    image = workdir / "image.erofs"
+    epoch = source_date_epoch()
+    erofs.make_image(ui, tree, image, compression=plan.compression, kver=plan.kver,
+                     epoch=epoch)
+    tree_info = None
+    if plan.args.verity:
+        uuid = erofs.image_uuid(plan.kver, epoch)
+        with ui.step("appending the dm-verity hash tree"):
+            tree_info = verity.append(image, verity_salt(uuid),
+                                      bytes.fromhex(uuid.replace("-", "")))
+        ui.info(f"verity root hash {tree_info.root_hash} "
+                f"(+{tree_info.file_size - tree_info.hash_offset} bytes of hash tree)")
+    name = image_name(plan.kver, pair.image_id(
+        image, tree_info.root_hash if tree_info else None))
+    return Image(image, name, tree_info)
 
-    kver: str
-    boot_dir: Path
-    existing: list[str]
-    method: str
-    compression: str | None
-    verity: bool
-    with_dracut: bool
-    systemd: bool
-    frozen: Path
-    modules: dict[str, str]  # name -> why, in load order
-    module_files: dict[str, bytes]  # what the cpio writer ships ({} with dracut)
-    config_text: str
-    writes_config: Path | None  # /etc, when the config is made from fstab
+
+def make_mini_initramfs(ui: Ui, plan: Plan, modules: Modules, image: Image, workdir: Path,
+                        unpacked: initramfs.Unpacked | None) -> bytes:
+    """The mini-initramfs whose config names `image` (and carries its verity keys)."""
+    mini_config = checked_config(build_config(plan.config_text, image.name, image.tree),
+                                 "the mini-initramfs's config")
+    if plan.with_dracut:
+        config_file = workdir / CONFIG_NAME
+        config_file.write_text(mini_config)
+        inside = "/" / plan.frozen.resolve().relative_to(plan.sysroot)
+        made = dracut.mini_initramfs(
+            ui, sysroot=plan.sysroot, kver=plan.kver, systemd=plan.args.systemd,
+            frozen=inside, drivers=list(modules.names), config=config_file,
+            compress=plan.method, target=workdir / "mini.img")
+        mini = made.read_bytes()  # dracut adds early microcode itself
+    else:
+        mini = cpio_mini_initramfs(ui, plan.method, plan.frozen, modules.files, plan.kver,
+                                   mini_config, unpacked)
+    return compress.finish(plan.method, plan.kver, mini)
 
 
-def content_summary(args: argparse.Namespace, unpacked: initramfs.Unpacked | None, kver: str,
-                    hostonly: bool) -> str:
+def install_pair(ui: Ui, plan: Plan, image: Image, mini: bytes) -> None:
+    """The pair into /boot, atomically; then the config made from fstab into /etc."""
+    pair.replace(ui, plan.boot_dir, plan.kver, image.path, image.name, mini)
+    if plan.from_fstab:
+        # The mini-initramfs carries its own copy: this file only spares the next build
+        # the reading of fstab, so failing to write it is no reason to fail this one.
+        target = plan.etc_dir / CONFIG_NAME
+        try:
+            output.write_file_atomically(target, plan.config_text.encode())
+            ui.info(f"wrote {target} from /etc/fstab")
+        except BuildError as exc:
+            ui.warning(f"the new pair is in place, but {target} was not written: "
+                       f"{exc.message}")
+
+
+def content_summary(plan: Plan, hostonly: bool) -> str:
     """Where the image's content comes from, and how large it is when that is known now."""
+    args = plan.args
     if args.from_dir is not None:
         files = [p for p in args.from_dir.rglob("*") if p.is_file() and not p.is_symlink()]
         return (f"the tree {args.from_dir}: {len(files)} files, "
                 f"{sum(p.stat().st_size for p in files)} bytes")
-    if unpacked is not None:
-        size = sum(len(e.data) for e in unpacked.entries)
-        return (f"the initramfs {args.from_initramfs}: {len(unpacked.entries)} entries, "
+    if plan.unpacked is not None:
+        size = sum(len(e.data) for e in plan.unpacked.entries)
+        return (f"the initramfs {args.from_initramfs}: {len(plan.unpacked.entries)} entries, "
                 f"{size} bytes unpacked")
-    return (f"dracut's {'host-only' if hostonly else 'generic'} initramfs for {kver}, made "
-            "during the build (its size is known then)")
+    return (f"dracut's {'host-only' if hostonly else 'generic'} initramfs for {plan.kver}, "
+            "made during the build (its size is known then)")
 
 
-def print_plan(plan: Plan, content: str, mini_bytes: bytes | None) -> None:
+def print_plan(plan: Plan, modules: Modules) -> None:
+    """--dry-run: what the build would write. Our cpio writer's mini-initramfs is made in
+    memory, so its size is the real one (but for the verity keys, made with the image)."""
+    mini = None if plan.with_dracut else cpio_mini_initramfs(
+        Ui(PROG, quiet=True), plan.method, plan.frozen, modules.files, plan.kver,
+        build_config(plan.config_text, image_name(plan.kver, "0" * pair.ID_LENGTH), None),
+        plan.unpacked)
     frozen_bytes = sum(p.stat().st_size for p in plan.frozen.rglob("*") if p.is_file())
+    verified = plan.args.verity
     print(f"{PROG} {__version__}: dry run for kernel {plan.kver}; nothing is written")
     print("would write:")
-    size = (f"{len(mini_bytes)} bytes (within a few hundred: the config's verity keys are "
-            "made with the image)" if mini_bytes is not None else "made by dracut")
-    kind = "systemd initrd made by dracut" if plan.systemd else (
+    size = (f"{len(mini)} bytes (within a few hundred: the config's verity keys are "
+            "made with the image)" if mini is not None else "made by dracut")
+    kind = "systemd initrd made by dracut" if plan.args.systemd else (
         "made by dracut" if plan.with_dracut else "our cpio writer")
     print(f"  {plan.boot_dir / pair.mini_name(plan.kver)}: the mini-initramfs ({kind}, "
           f"{plan.method}), {size}")
     print(f"    storage-init from {plan.frozen} ({frozen_bytes} bytes unpacked), "
-          f"{len(plan.modules)} modules ({sum(map(len, plan.module_files.values()))} bytes "
+          f"{len(modules.names)} modules ({sum(map(len, modules.files.values()))} bytes "
           "unpacked)")
     print(f"  {plan.boot_dir / image_name(plan.kver, 'ID')}: the image, EROFS "
           f"{plan.compression or 'uncompressed'}; ID from its "
-          + ("verity root hash" if plan.verity else "content's sha256"))
-    print(f"    content: {content}")
+          + ("verity root hash" if verified else "content's sha256"))
+    print(f"    content: {content_summary(plan, modules.hostonly)}")
     print("    verity: " + ("sha256 hash tree appended to the image (about 1/128 of its size), "
-                            "root hash in the mini-initramfs's config" if plan.verity else
+                            "root hash in the mini-initramfs's config" if verified else
                             "off (--no-verity): the image is mounted unverified"))
-    if plan.writes_config is not None:
-        print(f"  {plan.writes_config / CONFIG_NAME}: the config, from /etc/fstab")
+    if plan.from_fstab:
+        print(f"  {plan.etc_dir / CONFIG_NAME}: the config, from /etc/fstab")
     if plan.existing:
         print(f"replacing: {', '.join(plan.existing)}")
-    print(f"modules ({len(plan.modules)}, in load order):")
-    for name, why in plan.modules.items():
-        print(f"  {name:<24} {why}")
+    print(f"modules ({len(modules.names)}, in load order):")
+    for name in modules.names:
+        print(f"  {name:<24} {modules.reasons[name]}")
     print("config for storage-init (then this build's image name and verity keys):")
     for line in plan.config_text.splitlines():
         print(f"  {line}")
