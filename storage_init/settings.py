@@ -7,17 +7,13 @@ it would be worse; a bad or missing bootfs is an error, because nothing can be f
 
 from __future__ import annotations
 
-from . import TYPE_CHECKING
 from .cmdline import Param, flag, last_value
-from .config import DEFAULT_FS, Config, ConfigError, parse_fstype, parse_image_path, verity_of
-from .devspec import DeviceSpec, SpecError, parse_spec
+from .config import BY_NAME, DEFAULT_FS, Config, ConfigError, verity_of
+from .devspec import DeviceSpec, SpecError
 from .emergency import ACTIONS
 from .netconf import STATIC_FORM, IpConfig, parse_ip
 from .record import record
 from .verity import Verity
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 DEFAULT_TIMEOUT = 30.0
 NEW_ROOT = "/initoverlayfs"
@@ -48,50 +44,93 @@ class Settings:
 
 def resolve(config: Config, params: tuple[Param, ...], kver: str,
             default_subsystems: tuple[str, ...]) -> Settings:
+    """The config's keys, each overridden by its rd.initoverlayfs.KEY= (parsed by the key's
+    own parser, storage_init.config.KEYS), and the command line's own settings."""
     warnings = list(config.warnings)
-
-    def arg(name: str) -> str | None:
-        return last_value(params, "rd.initoverlayfs." + name)
-
-    bootfs = config.bootfs
-    if (value := arg("bootfs")) is not None:
-        try:
-            bootfs = parse_spec(value)
-        except SpecError as exc:
-            raise ConfigError(f"rd.initoverlayfs.bootfs=: {exc}") from None
+    override = _Overrides(params)
+    bootfs = override.spec("bootfs") or config.bootfs
     if bootfs is None:
         raise ConfigError(
             "no bootfs configured: set `bootfs UUID=...` in /etc/initoverlayfs.conf "
             "or rd.initoverlayfs.bootfs= on the kernel command line"
         )
-
-    def checked(name: str, parse: Callable[[str], str], current: str | None) -> str | None:
-        value = arg(name)
-        if value is None:
-            return current
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise ConfigError(f"rd.initoverlayfs.{name}=: {exc}") from None
-
-    timeout = DEFAULT_TIMEOUT
-    if (value := arg("timeout")) is not None:
-        try:
-            timeout = float(value)
-            if not 0 < timeout < 1e6:
-                raise ValueError
-        except ValueError:
-            timeout = DEFAULT_TIMEOUT
-            warnings.append(f"rd.initoverlayfs.timeout={value!r} is not a positive number of "
-                            f"seconds; using {DEFAULT_TIMEOUT:g}")
-
+    timeout = _timeout(override.raw("timeout"), warnings)
     # The failure policy itself is emergency.Policy, read straight from the command line so it
     # works even when this resolution fails; here a bad value only gets its warning.
     emergency = last_value(params, "rd.emergency")
     if emergency is not None and emergency not in ACTIONS:
         warnings.append(f"rd.emergency={emergency!r} is not one of {', '.join(ACTIONS)}"
                         "; using reboot")
+    network = _network(config, params, bootfs, warnings)
+    init = override.raw("init") or last_value(params, "init") or None
+    # `$kver` lets one config serve every kernel when the image path is not the default
+    # (e.g. /boot is a directory of the root filesystem: `fs /boot/initoverlayfs-$kver.img`)
+    image = (override.text("fs") or config.fs or DEFAULT_FS).replace("$kver", kver)
+    tree = _verity(config, params, image, warnings)
+    return Settings(
+        bootfs=bootfs,
+        bootfs_hint=config.bootfs_hint,
+        bootfstype=override.text("bootfstype") or config.bootfstype,
+        image=image,
+        fstype=override.text("fstype") or config.fstype or "erofs",
+        # "module" (in every config of the C original) is dropped: a module's uevent carries
+        # no MODALIAS, so replaying one for each of the kernel's ~100 modules only costs time
+        subsystems=tuple(s for s in config.udev_trigger or default_subsystems
+                         if s != IGNORED_SUBSYSTEM) or default_subsystems,
+        timeout=timeout,
+        init=init,
+        kver=kver,
+        verity=tree,
+        network=network,
+        warnings=tuple(warnings),
+    )
 
+
+class _Overrides:
+    """rd.initoverlayfs.KEY= of the command line, parsed as the config's KEY is."""
+
+    def __init__(self, params: tuple[Param, ...]) -> None:
+        self.params = params
+
+    def raw(self, name: str) -> str | None:
+        return last_value(self.params, "rd.initoverlayfs." + name)
+
+    def parsed(self, name: str) -> object:
+        value = self.raw(name)
+        parse = BY_NAME[name].parse
+        if value is None or parse is None:
+            return None
+        try:
+            return parse(value)
+        except (ValueError, SpecError) as exc:
+            raise ConfigError(f"rd.initoverlayfs.{name}=: {exc}") from None
+
+    def text(self, name: str) -> str | None:
+        value = self.parsed(name)
+        return value if isinstance(value, str) else None
+
+    def spec(self, name: str) -> DeviceSpec | None:
+        value = self.parsed(name)
+        return value if isinstance(value, DeviceSpec) else None
+
+
+def _timeout(value: str | None, warnings: list[str]) -> float:
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        timeout = float(value)
+        if 0 < timeout < 1e6:
+            return timeout
+    except ValueError:
+        pass
+    warnings.append(f"rd.initoverlayfs.timeout={value!r} is not a positive number of "
+                    f"seconds; using {DEFAULT_TIMEOUT:g}")
+    return DEFAULT_TIMEOUT
+
+
+def _network(config: Config, params: tuple[Param, ...], bootfs: DeviceSpec,
+             warnings: list[str]) -> IpConfig | None:
+    """The link to bring up: only for a bootfs on the network, which cannot do without."""
     network = config.ip
     if (value := last_value(params, "ip")) is not None:
         try:
@@ -109,10 +148,11 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         # a local bootfs never waits for a link: the network is the real root's business
         warnings.append(f"ip= ({network}) is ignored: the bootfs {bootfs} is local")
         network = None
+    return network
 
-    init = arg("init") or last_value(params, "init") or None
-    image = (checked("fs", parse_image_path, config.fs)
-             or DEFAULT_FS).replace("$kver", kver)
+
+def _verity(config: Config, params: tuple[Param, ...], image: str,
+            warnings: list[str]) -> Verity | None:
     tree = verity_of(config)
     wanted = flag(params, VERITY)
     if wanted and tree is None:
@@ -122,22 +162,4 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
         warnings.append(f"rd.initoverlayfs.verity=0: /boot{image} is mounted WITHOUT "
                         "verification, on purpose")
         tree = None
-    return Settings(
-        bootfs=bootfs,
-        bootfs_hint=config.bootfs_hint,
-        bootfstype=checked("bootfstype", parse_fstype, config.bootfstype),
-        # `$kver` lets one config serve every kernel when the image path is not the default
-        # (e.g. /boot is a directory of the root filesystem: `fs /boot/initoverlayfs-$kver.img`)
-        image=image,
-        fstype=checked("fstype", parse_fstype, config.fstype) or "erofs",
-        # "module" (in every config of the C original) is dropped: a module's uevent carries
-        # no MODALIAS, so replaying one for each of the kernel's ~100 modules only costs time
-        subsystems=tuple(s for s in config.udev_trigger or default_subsystems
-                         if s != IGNORED_SUBSYSTEM) or default_subsystems,
-        timeout=timeout,
-        init=init,
-        kver=kver,
-        verity=tree,
-        network=network,
-        warnings=tuple(warnings),
-    )
+    return tree
