@@ -13,6 +13,7 @@ stderr with exit status 2. Not kept: abbreviations of long options (`--dry` for 
 from __future__ import annotations
 
 from . import TYPE_CHECKING
+from .config import OVERRIDDEN
 from .record import record
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ OPTIONS = (
     ("--version", "", "show the version and exit"),
 )
 EPILOG = (
-    "Kernel command line: rd.initoverlayfs.bootfs= .bootfstype= .fs= .fstype= .timeout=\n"
-    ".init= .debug .verity=0|1, init=, rd.shell, rd.emergency=reboot|poweroff|halt; for a\n"
+    # the config keys the command line overrides, from their one definition
+    "Kernel command line: rd.initoverlayfs." + " .".join(f"{n}=" for n in OVERRIDDEN)
+    + " .timeout=\n.init= .debug .verity=0|1, init=, rd.shell, "
+    "rd.emergency=reboot|poweroff|halt; for a\n"
     "bootfs on NBD, rd.initoverlayfs.bootfs=nbd:HOST[:PORT]/EXPORT and\n"
     "ip=CLIENT::GATEWAY:NETMASK:HOSTNAME:INTERFACE:none (static IPv4 only).")
 FLAGS = {"-h": "help", "--help": "help", "--dry-run": "dry_run", "--systemd": "systemd",

@@ -156,6 +156,7 @@ class Key:
     meaning: str
     default: str  # in words
     per_build: bool = False  # written by initoverlayfs-install into the mini-initramfs's copy
+    override: bool = False  # rd.initoverlayfs.NAME= on the kernel command line replaces it
 
 
 _VERITY_WORDS = ("the image's dm-verity root hash (64 hex digits), salt (hex), size in 4 KiB "
@@ -167,19 +168,20 @@ KEYS = (
     Key("bootfs", parse_spec,
         "the device holding the image: `UUID=`, `LABEL=`, `PARTUUID=`, `PARTLABEL=`, a `/dev` "
         "path, or an NBD export `nbd:HOST[:PORT]/EXPORT`",
-        "required (here or on the command line)"),
+        "required (here or on the command line)", override=True),
     Key("bootfs_hint", _hint, "a `/dev` path tried first", "none"),
     Key("bootfstype", parse_fstype,
         "filesystem of the bootfs; the builder ships only its module (without it, and without "
         "an fstab entry for /boot, those of ext4, xfs, btrfs and vfat)",
-        "what its superblock says"),
+        "what its superblock says", override=True),
     Key("ip", parse_ip,
         "for an `nbd:` bootfs, the one link to bring up, in `ip=`'s static form (below)", "none"),
     Key("fs", parse_image_path,
         "image path inside the bootfs (no `..`); `$kver` stands for the running kernel's "
         "release. The builder writes each build's own file name into the mini-initramfs's "
-        "copy, keeping this key's directory", f"`{DEFAULT_FS}`", per_build=True),
-    Key("fstype", parse_fstype, "filesystem of the image", "`erofs`"),
+        "copy, keeping this key's directory", f"`{DEFAULT_FS}`", per_build=True,
+        override=True),
+    Key("fstype", parse_fstype, "filesystem of the image", "`erofs`", override=True),
     Key("udev_trigger", parse_subsystems,
         "subsystems to trigger: a list, or the original's `udevadm trigger ... "
         "--subsystem-match=X`; `module` is accepted and skipped (a module's uevent has no "
@@ -199,6 +201,7 @@ KEYS = (
     Key("initoverlayfs_init", None, _INSTALLER, "-"),
 )
 BY_NAME = {key.name: key for key in KEYS}
+OVERRIDDEN = tuple(key.name for key in KEYS if key.override)  # by rd.initoverlayfs.NAME=
 PER_BUILD = frozenset(key.name for key in KEYS if key.per_build)
 
 

@@ -8,7 +8,7 @@ it would be worse; a bad or missing bootfs is an error, because nothing can be f
 from __future__ import annotations
 
 from .cmdline import Param, flag, last_value
-from .config import BY_NAME, DEFAULT_FS, Config, ConfigError, verity_of
+from .config import BY_NAME, DEFAULT_FS, OVERRIDDEN, Config, ConfigError, verity_of
 from .devspec import DeviceSpec, SpecError
 from .emergency import ACTIONS
 from .netconf import STATIC_FORM, IpConfig, parse_ip
@@ -97,7 +97,7 @@ class _Overrides:
 
     def parsed(self, name: str) -> object:
         value = self.raw(name)
-        parse = BY_NAME[name].parse
+        parse = BY_NAME[name].parse if name in OVERRIDDEN else None
         if value is None or parse is None:
             return None
         try:

@@ -75,10 +75,12 @@ def config_table() -> str:
     for key in KEYS:
         if key.parse is None:
             continue  # the installer's: named in the sentence under the table
-        if rows and rows[-1][1:] == (key.meaning, key.default):
+        meaning = key.meaning + (f"; `rd.initoverlayfs.{key.name}=` overrides it"
+                                 if key.override else "")
+        if rows and rows[-1][1:] == (meaning, key.default):
             rows[-1][0].append(key.name)
         else:
-            rows.append(([key.name], key.meaning, key.default))
+            rows.append(([key.name], meaning, key.default))
     lines = ["| key | meaning | default |", "|---|---|---|"]
     lines += [f"| {', '.join(f'`{n}`' for n in names)} | {meaning} | {default} |"
               for names, meaning, default in rows]
