@@ -51,6 +51,9 @@ class Paths:
     modules: tuple[str, ...] = ("/lib/modules", "/usr/lib/modules")
     new_root: str = NEW_ROOT
     scratch: str = SCRATCH
+    # The boot report's place: on /run itself, which the real root keeps (the scratch tmpfs
+    # goes with initoverlayfs-release.service); packaging/report/keep-boot-report reads it.
+    report: str = "/run/log/initoverlayfs"
 
     @property
     def timings(self) -> str:
@@ -154,13 +157,28 @@ class Boot:
         return (jsonout.dumps(report) + "\n").encode()
 
     def finish(self) -> None:
-        """The summary line and the timings file, written just before init takes over."""
+        """The summary line and the timings file, written just before init takes over; and
+        the boot report's files where the real root keeps them: the timings again, the
+        summary line and the image's device (for keep-boot-report: one line each, which a
+        shell reads without a program)."""
         self.finished = True
-        self.log.info(self.summary())
+        summary = self.summary()
+        self.log.info(summary)
+        timings = self.timings_json()
         try:
-            self.kernel.write_file(self.paths.timings, self.timings_json())
+            self.kernel.write_file(self.paths.timings, timings)
         except OSError as exc:
             self.log.warning(f"cannot write {self.paths.timings}: {exc.strerror}")
+        report = self.paths.report
+        device = (self.image_device or "").rsplit("/", 1)[-1]
+        try:
+            self.kernel.mkdir(report.rsplit("/", 1)[0])
+            self.kernel.mkdir(report)
+            self.kernel.write_file(f"{report}/timings.json", timings)
+            self.kernel.write_file(f"{report}/summary", f"storage-init: {summary}\n".encode())
+            self.kernel.write_file(f"{report}/image-device", f"{device}\n".encode())
+        except OSError as exc:
+            self.log.warning(f"cannot write the boot report in {report}: {exc.strerror}")
 
     # --- running --------------------------------------------------------------------------
 

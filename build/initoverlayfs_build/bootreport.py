@@ -1,6 +1,7 @@
-"""This boot's report, after the fact: storage-init's timings (kept past the release unit by
-packaging/report/keep-boot-report), the image's read counters at init and at the end of the
-initrd, the kernel's own marks from /dev/kmsg and systemd's timestamps, as one timeline.
+"""This boot's report, after the fact: storage-init's timings (which it writes on /run, kept by
+the real root), the image's read counters at init and at the end of the initrd (added by
+packaging/report/keep-boot-report), the kernel's own marks from /dev/kmsg and systemd's
+timestamps, as one timeline.
 
 Why the report carries the split and systemd-analyze cannot: systemd takes the initrd's start
 as its own start when it runs in an initrd (src/core/main.c: in_initrd() -> the initrd

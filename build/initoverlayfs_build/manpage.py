@@ -16,8 +16,8 @@ INSPECT_FILES = """\
 .SH FILES
 .TP
 .I /run/log/initoverlayfs/timings.json\\fR, \\fI/run/log/initoverlayfs/released.json
-This boot's report, kept by initoverlayfs\\-release.service: storage\\-init's timings and the
-image device's read counters at the end of the initrd phase (\\fB\\-\\-boot\\fR reads them).
+This boot's report: storage\\-init's timings, and the image device's read counters at the end
+of the initrd phase, which initoverlayfs\\-release.service adds (\\fB\\-\\-boot\\fR reads them).
 .SH SEE ALSO
 .BR initoverlayfs\\-install (8),
 .BR storage\\-init (8),

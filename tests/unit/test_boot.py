@@ -589,3 +589,16 @@ def test_timings_say_null_when_the_counters_cannot_be_read(machine: Machine) -> 
     machine.boot()  # no sysfs counters in this machine: unknown, not zero, and the boot goes on
     timings = json.loads(machine.k.written["/run/initoverlayfs/timings.json"][-1])
     assert (timings["image_read_bytes"], timings["image_bytes"]) == (None, None)
+
+
+def test_the_boot_report_is_also_written_where_the_real_root_keeps_it(machine: Machine) -> None:
+    # /run itself, not the scratch tmpfs that the release unit unmounts: the timings, and one
+    # line each for keep-boot-report (the summary for the journal, the image's device)
+    machine.boot()
+    written = machine.k.written
+    report = "/run/log/initoverlayfs"
+    assert written[f"{report}/timings.json"][-1] == written["/run/initoverlayfs/timings.json"][-1]
+    summary = written[f"{report}/summary"][-1].decode()
+    assert summary.startswith("storage-init: 17 steps in ") and summary.endswith(" (ms)\n")
+    device = json.loads(written[f"{report}/timings.json"][-1])["image_device"]
+    assert written[f"{report}/image-device"][-1] == device.rsplit("/", 1)[-1].encode() + b"\n"

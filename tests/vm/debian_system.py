@@ -68,10 +68,9 @@ if [ -d /run/log/initoverlayfs ]; then
     say "inspect=$(initoverlayfs-inspect --boot --json --plot /run/log/initoverlayfs/boot.svg |
         tr -d '\n')"
     say "plot-bytes=$(wc -c < /run/log/initoverlayfs/boot.svg)"
-    journalctl -b -o cat | grep -c '^initoverlayfs: the initrd phase read [0-9]* of ' |
-        while read -r count; do say "journal-counters=$count"; done
-    journalctl -b -o cat | grep -c 'storage-init: [0-9]* steps in ' |
-        while read -r count; do say "journal-summary=$count"; done
+    journalctl -b -o cat |
+        grep -c '^initoverlayfs: storage-init: [0-9]* steps in .*; the initrd phase read ' |
+        while read -r count; do say "journal-report=$count"; done
 fi
 systemctl --failed --no-legend --plain | while read -r unit _; do say "failed=$unit"; done
 systemd-analyze | head -1 | while read -r line; do say "analyze=$line"; done
