@@ -52,7 +52,7 @@ class Paths:
     new_root: str = NEW_ROOT
     scratch: str = SCRATCH
     # The boot report's place: on /run itself, which the real root keeps (the scratch tmpfs
-    # goes with initoverlayfs-release.service); packaging/report/keep-boot-report reads it.
+    # goes with initoverlayfs-release.service); packaging/report/release-image reads it.
     report: str = "/run/log/initoverlayfs"
 
     @property
@@ -159,7 +159,7 @@ class Boot:
     def finish(self) -> None:
         """The summary line and the timings file, written just before init takes over; and
         the boot report's files where the real root keeps them: the timings again, the
-        summary line and the image's device (for keep-boot-report: one line each, which a
+        summary line and the image's device (for release-image: one line each, which a
         shell reads without a program)."""
         self.finished = True
         summary = self.summary()

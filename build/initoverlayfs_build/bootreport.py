@@ -1,6 +1,6 @@
 """This boot's report, after the fact: storage-init's timings (which it writes on /run, kept by
 the real root), the image's read counters at init and at the end of the initrd (added by
-packaging/report/keep-boot-report), the kernel's own marks from /dev/kmsg and systemd's
+packaging/report/release-image), the kernel's own marks from /dev/kmsg and systemd's
 timestamps, as one timeline.
 
 Why the report carries the split and systemd-analyze cannot: systemd takes the initrd's start

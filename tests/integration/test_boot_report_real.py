@@ -1,7 +1,8 @@
-"""The release unit's keep-boot-report on this machine's kernel: a real mkfs.erofs image
-loop-mounted read-only, a file of it read, storage-init's report files beside it, then the
-script run as the release unit runs it: it must add the loop device's own read counters and
-one journal line, which initoverlayfs-inspect --boot and a user read."""
+"""The release unit's release-image on this machine's kernel: a real mkfs.erofs image
+loop-mounted read-only on a scratch tmpfs, a file of it read, storage-init's report files
+beside it, then the script run as the release unit runs it: it must add the loop device's own
+read counters and one journal line, which initoverlayfs-inspect --boot and a user read, and
+then unmount the scratch, whatever the report found."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from initoverlayfs_build import bootreport
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "packaging/report/keep-boot-report"
+SCRIPT = REPO / "packaging/report/release-image"
 
 
-def test_keep_boot_report_adds_the_image_devices_counters_and_the_journal_line(
+def test_release_image_adds_the_counters_and_the_journal_line_then_unmounts(
         tmp_path: Path) -> None:
     mkfs = shutil.which("mkfs.erofs")
     if mkfs is None:
@@ -30,9 +31,10 @@ def test_keep_boot_report_adds_the_image_devices_counters_and_the_journal_line(
     (tree / "unread").write_bytes(random.Random(3).randbytes(3_000_000))
     image = tmp_path / "image.erofs"
     subprocess.run([mkfs, str(image), str(tree)], check=True, capture_output=True)
-    lower, kept = tmp_path / "lower", tmp_path / "kept"
-    lower.mkdir()
+    scratch, kept = tmp_path / "scratch", tmp_path / "kept"
+    scratch.mkdir()
     kept.mkdir()
+    lower = scratch / "lower"
     # what storage-init left there (storage_init.boot.Boot.finish)
     timings = '{\n "version": 1,\n "mode": "rdinit",\n "steps": []\n}\n'
     (kept / "timings.json").write_text(timings)
@@ -40,6 +42,8 @@ def test_keep_boot_report_adds_the_image_devices_counters_and_the_journal_line(
     (kept / "summary").write_text(summary + "\n")
     # in a private mount namespace, so nothing is left mounted whatever happens
     script = f"""set -e
+mount -t tmpfs scratch {scratch}
+mkdir {lower}
 loop=$(losetup --find --show --read-only {image})
 echo "${{loop#/dev/}}" > {kept}/image-device
 # a loop device's counters outlive its attachments (on a booted machine, the image's device
@@ -48,7 +52,9 @@ awk '{{print $3 * 512}}' /sys/block/${{loop#/dev/}}/stat > {tmp_path}/baseline
 mount -o ro -t erofs "$loop" {lower}
 losetup -d "$loop"  # autoclear: detached with the unmount
 cat {lower}/read > /dev/null
-INITOVERLAYFS_REPORT_DIR={kept} {SCRIPT}
+INITOVERLAYFS_SCRATCH={scratch} INITOVERLAYFS_REPORT_DIR={kept} {SCRIPT}
+# released: nothing is mounted there any more
+if grep -q " {scratch}" /proc/self/mountinfo; then echo "STILL-MOUNTED"; fi
 """
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True)
@@ -71,9 +77,17 @@ INITOVERLAYFS_REPORT_DIR={kept} {SCRIPT}
     assert report.released == released
 
 
-def test_keep_boot_report_without_storage_inits_files_says_so(tmp_path: Path) -> None:
-    done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, env={
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "INITOVERLAYFS_REPORT_DIR": str(tmp_path)})
+def test_release_image_without_storage_inits_files_says_so_and_still_releases(
+        tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = f"""set -e
+mount -t tmpfs scratch {scratch}
+INITOVERLAYFS_SCRATCH={scratch} INITOVERLAYFS_REPORT_DIR={tmp_path} {SCRIPT}
+if grep -q " {scratch}" /proc/self/mountinfo; then echo "STILL-MOUNTED"; fi
+"""
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout == (f"initoverlayfs: storage-init left no summary in {tmp_path}; the "
                            "image's device (unknown) has no counters\n")

@@ -593,7 +593,7 @@ def test_timings_say_null_when_the_counters_cannot_be_read(machine: Machine) -> 
 
 def test_the_boot_report_is_also_written_where_the_real_root_keeps_it(machine: Machine) -> None:
     # /run itself, not the scratch tmpfs that the release unit unmounts: the timings, and one
-    # line each for keep-boot-report (the summary for the journal, the image's device)
+    # line each for release-image (the summary for the journal, the image's device)
     machine.boot()
     written = machine.k.written
     report = "/run/log/initoverlayfs"

@@ -164,7 +164,7 @@ def test_packages_build_and_ship_every_part(packages: dict[str, Path]) -> None:
                          capture_output=True, text=True).stdout
     for listing in (deb, rpm):
         for path in ("/usr/bin/initoverlayfs-install", "/usr/bin/initoverlayfs-inspect",
-                     "/usr/lib/initoverlayfs/keep-boot-report",
+                     "/usr/lib/initoverlayfs/release-image",
                      "/usr/lib/initoverlayfs/storage-init/storage-init",
                      "/usr/lib/dracut/modules.d/90initoverlayfs/module-setup.sh",
                      "/usr/lib/kernel/install.d/60-initoverlayfs.install",
