@@ -35,6 +35,14 @@ def image_name(kver: str, image_id: str | None = None) -> str:
 
 DEFAULT_FS = "/" + image_name("$kver")
 
+
+def image_in_bootfs(fs: str | None, kver: str) -> str:
+    """The image's path inside the bootfs for kernel `kver`: `fs` (or the default), with
+    `$kver` standing for the kernel's release, which lets one config serve every kernel when
+    the path is not the default (/boot a directory of the root filesystem:
+    `fs /boot/initoverlayfs-$kver.img`)."""
+    return (fs or DEFAULT_FS).replace("$kver", kver)
+
 # Character sets, not regexes: storage-init does not import re (see storage_init/globs.py).
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _SUBSYSTEM_CHARS = _NAME_CHARS | {":"}

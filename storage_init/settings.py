@@ -8,7 +8,7 @@ it would be worse; a bad or missing bootfs is an error, because nothing can be f
 from __future__ import annotations
 
 from .cmdline import Param, flag, last_value
-from .config import BY_NAME, DEFAULT_FS, OVERRIDDEN, Config, ConfigError, verity_of
+from .config import BY_NAME, OVERRIDDEN, Config, ConfigError, image_in_bootfs, verity_of
 from .devspec import DeviceSpec, SpecError
 from .emergency import ACTIONS
 from .netconf import STATIC_FORM, IpConfig, parse_ip
@@ -63,9 +63,7 @@ def resolve(config: Config, params: tuple[Param, ...], kver: str,
                         "; using reboot")
     network = _network(config, params, bootfs, warnings)
     init = override.raw("init") or last_value(params, "init") or None
-    # `$kver` lets one config serve every kernel when the image path is not the default
-    # (e.g. /boot is a directory of the root filesystem: `fs /boot/initoverlayfs-$kver.img`)
-    image = (override.text("fs") or config.fs or DEFAULT_FS).replace("$kver", kver)
+    image = image_in_bootfs(override.text("fs") or config.fs, kver)
     tree = _verity(config, params, image, warnings)
     return Settings(
         bootfs=bootfs,

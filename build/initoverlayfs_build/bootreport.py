@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage_init.boot import RDINIT, SYSTEMD
+
 REPORT_DIR = Path("/run/log/initoverlayfs")
 SCRATCH_TIMINGS = Path("/run/initoverlayfs/timings.json")
 # the kernel's lines that mark its part (init/initramfs.c, init/main.c)
@@ -59,14 +61,14 @@ class Report:
         # the kernel's part ends at its "Run /init"; without that mark, where the next thing
         # started: the mini-initramfs's systemd in systemd mode, else storage-init itself
         kernel_end = (self.kernel.get("run_init")
-                      or (self.systemd.get("initrd") if t.get("mode") == "systemd" else None)
+                      or (self.systemd.get("initrd") if t.get("mode") == SYSTEMD else None)
                       or entered)
         if kernel_end:
             out.append(Span("kernel", 0.0, kernel_end))
         if "unpack_start" in self.kernel and "unpack_end" in self.kernel:
             out.append(Span("unpack the initramfs", self.kernel["unpack_start"],
                             self.kernel["unpack_end"], 1))
-        rdinit = t.get("mode") == "rdinit"
+        rdinit = t.get("mode") == RDINIT
         if t:
             started, finished = t["started_boottime_s"], t["finished_boottime_s"]
             begin = entered or started
@@ -104,9 +106,8 @@ class Report:
             read = data.get("image_read_bytes")
             if read is None:
                 continue
-            share = f" ({100 * read / size:.1f}%)" if size else ""
-            lines.append(f"  read {who}: {_mib(read)}{share} of {_mib(size)}"
-                         if size else f"  read {who}: {_mib(read)}")
+            lines.append(f"  read {who}: {_mib(read)} ({100 * read / size:.1f}%) of "
+                         f"{_mib(size)}" if size else f"  read {who}: {_mib(read)}")
         if self.content_bytes:
             lines.append(f"  its files unpacked: {_mib(self.content_bytes)} (what a classic "
                          "initramfs unpacks into RAM before init)")
@@ -233,7 +234,7 @@ def collect(report_dir: Path = REPORT_DIR, *, live: bool = True) -> Report:
         report.notes.append(f"no storage-init timings in {report_dir} or {SCRATCH_TIMINGS}: "
                             "this boot did not go through initoverlayfs, or its release unit "
                             "has not run yet")
-    elif report.timings.get("mode") == "rdinit":
+    elif report.timings.get("mode") == RDINIT:
         report.notes.append("systemd-analyze counts everything before the initrd's systemd "
                             "(the kernel and storage-init) as kernel time: systemd has no way "
                             "to be told an earlier start (README: \"What a boot did\")")

@@ -4,17 +4,17 @@ whether that image is the one built with it. Reads only; `initoverlayfs-inspect`
 
 from __future__ import annotations
 
-import hashlib
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage_init.boot import RDINIT, SYSTEMD
 from storage_init.config import (
     CONFIG_PATH,
     IMAGE_PREFIX,
     ConfigError,
-    image_name,
+    image_in_bootfs,
     parse_config,
     verity_of,
 )
@@ -44,7 +44,7 @@ class Mini:
     segments: tuple[tuple[str, int], ...]  # (kind, bytes in the file), in order
     entries: tuple[cpio.Entry, ...]
     config: str  # the embedded /etc/initoverlayfs.conf, "" without one
-    mode: str  # "rdinit" (storage-init is /init), "systemd" (its service) or "unknown"
+    mode: str  # RDINIT (storage-init is /init), SYSTEMD (its service) or "unknown"
     kver: str | None
     modules: tuple[Module, ...] = field(default=())
 
@@ -70,30 +70,22 @@ def read_mini(ui: Ui, path: Path) -> Mini:
     except OSError as exc:
         raise BuildError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        segments = initramfs.split(data)
+        segments = initramfs.read_segments(ui, path, data)
     except BuildError as exc:
         raise BuildError(f"{path} is not an initramfs: {exc.message}") from None
-    entries: list[cpio.Entry] = []
-    for index, segment in enumerate(segments):
-        raw = (segment.data if segment.kind == "cpio"
-               else initramfs.decompress(ui, segment.kind, segment.data))
-        try:
-            entries.extend(cpio.read_all(raw))
-        except cpio.CpioError as exc:
-            raise BuildError(f"{path}: segment {index + 1} ({segment.kind}) is not a cpio "
-                             f"archive: {exc}") from None
+    entries = [entry for _, found in segments for entry in found]
     by_name = {e.name: e for e in entries}
     config_entry = by_name.get(CONFIG_PATH.lstrip("/"))
     config = config_entry.data.decode(errors="replace") if config_entry else ""
     init = by_name.get("init")
     if init is not None and init.kind == stat.S_IFLNK and init.data.endswith(b"storage-init"):
-        mode = "rdinit"
+        mode = RDINIT
     elif SERVICE in by_name:
-        mode = "systemd"
+        mode = SYSTEMD
     else:
         mode = "unknown"
     kver, modules = _modules(by_name)
-    return Mini(path, len(data), tuple((s.kind, len(s.data)) for s in segments),
+    return Mini(path, len(data), tuple((s.kind, len(s.data)) for s, _ in segments),
                 tuple(entries), config, mode, kver, modules)
 
 
@@ -141,12 +133,8 @@ class Image:
 
 def default_image(mini: Mini) -> Path:
     """The image the mini-initramfs names, next to it (both live in the bootfs's /boot)."""
-    named = mini.image_path()
-    if named is None:
-        kver = mini.kver or "KVER"
-        return mini.path.parent / image_name(kver)
-    # `$kver` as storage-init expands it (storage_init.settings.resolve)
-    return mini.path.parent / named.replace("$kver", mini.kver or "$kver").rsplit("/", 1)[-1]
+    named = image_in_bootfs(mini.image_path(), mini.kver or "KVER")  # as storage-init does
+    return mini.path.parent / named.rsplit("/", 1)[-1]
 
 
 def read_image(ui: Ui, path: Path) -> Image:
@@ -198,10 +186,10 @@ def check_image(mini: Mini, image: Path) -> str | None:
     except ConfigError as exc:
         return f"the mini-initramfs's verity keys are unusable: {exc}"
     try:
+        if expected is None:
+            return _check_unverified(mini, image)
         size = image.stat().st_size
         with image.open("rb") as f:
-            if expected is None:
-                return _check_unverified(mini, image)
             f.seek(expected.hash_offset)
             block = f.read(SUPERBLOCK.size)
     except OSError as exc:
@@ -263,12 +251,9 @@ def _check_unverified(mini: Mini, image: Path) -> str | None:
     if len(wanted) != pair.ID_LENGTH:
         return (f"the mini-initramfs has no verity keys and names {named or 'no image'}, "
                 "which carries no content hash: nothing to check the image against")
-    digest = hashlib.sha256()
-    with image.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest()[:pair.ID_LENGTH] != wanted:
-        return (f"{image}: its content hash {digest.hexdigest()[:16]} is not the {wanted} "
-                "its name promises: it changed since the build (the pair is unverified, so "
-                "storage-init would boot it anyway)")
+    found = pair.image_id(image, None)
+    if found != wanted:
+        return (f"{image}: its content hash {found} is not the {wanted} its name promises: "
+                "it changed since the build (the pair is unverified, so storage-init would "
+                "boot it anyway)")
     return None

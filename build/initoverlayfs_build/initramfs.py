@@ -160,6 +160,25 @@ class Unpacked:
     entries: list[cpio.Entry]
 
 
+def read_segments(ui: Ui, path: Path, data: bytes) -> list[tuple[Segment, list[cpio.Entry]]]:
+    """Each segment of the initramfs file `path` (its bytes, `data`) with its entries, read
+    as the kernel reads them."""
+    try:
+        segments = split(data)
+    except BuildError as exc:
+        raise BuildError(f"{path}: {exc.message}", exc.hint) from None
+    out = []
+    for index, segment in enumerate(segments):
+        raw = segment.data if segment.kind == "cpio" else decompress(ui, segment.kind,
+                                                                     segment.data)
+        try:
+            out.append((segment, list(cpio.read_all(raw))))
+        except cpio.CpioError as exc:
+            raise BuildError(f"{path}: segment {index + 1} ({segment.kind}) is not a cpio "
+                             f"archive: {exc}") from None
+    return out
+
+
 def load(ui: Ui, path: Path) -> Unpacked:
     try:
         data = path.read_bytes()
@@ -170,18 +189,7 @@ def load(ui: Ui, path: Path) -> Unpacked:
         raise BuildError(f"the source initramfs {path} is empty")
     early = b""
     entries: list[cpio.Entry] = []
-    try:
-        segments = split(data)
-    except BuildError as exc:
-        raise BuildError(f"{path}: {exc.message}", exc.hint) from None
-    for index, segment in enumerate(segments):
-        raw = segment.data if segment.kind == "cpio" else decompress(ui, segment.kind,
-                                                                     segment.data)
-        try:
-            found = list(cpio.read_all(raw))
-        except cpio.CpioError as exc:
-            raise BuildError(f"{path}: segment {index + 1} ({segment.kind}) is not a cpio "
-                             f"archive: {exc}") from None
+    for segment, found in read_segments(ui, path, data):
         # The kernel only looks for microcode in the first, uncompressed segments; keep them
         # as they are so the mini-initramfs still updates microcode early.
         if segment.kind == "cpio" and not entries and all(

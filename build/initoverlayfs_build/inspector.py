@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from storage_init.boot import RDINIT, SYSTEMD
 from storage_init.config import CONFIG_PATH
 
 from . import __version__, bootreport, builtpair, svgplot
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                      " (content hash checked; the pair is unverified)"))
             return 0
         if args.plan:
-            if mini.mode not in ("rdinit", "systemd"):
+            if mini.mode not in (RDINIT, SYSTEMD):
                 raise BuildError(f"{args.mini} runs no storage-init (neither /init nor its "
                                  "service): not a mini-initramfs of initoverlayfs")
             return plan(args, mini)
