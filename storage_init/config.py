@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 CONFIG_PATH = "/etc/initoverlayfs.conf"
 IMAGE_PREFIX = "initoverlayfs-"
 DEFAULT_SUBSYSTEMS = ("block", "virtio", "pci", "nvme", "scsi")
+# arm64 boards attach their SD, USB and virtio controllers from the device tree, as platform
+# devices the kernel registered before storage-init ran (the Raspberry Pi 4's sdhci-iproc,
+# QEMU virt's virtio-mmio): their modules load only when those are triggered too
+BOARD_SUBSYSTEMS = (*DEFAULT_SUBSYSTEMS, "platform")
+
+
+def default_subsystems(machine: str) -> tuple[str, ...]:
+    """The subsystems to trigger on this CPU (uname -m) when the config names none."""
+    return BOARD_SUBSYSTEMS if machine == "aarch64" else DEFAULT_SUBSYSTEMS
 
 
 def image_name(kver: str, image_id: str | None = None) -> str:
@@ -193,7 +202,7 @@ KEYS = (
     Key("udev_trigger", parse_subsystems,
         "subsystems to trigger: a list, or the original's `udevadm trigger ... "
         "--subsystem-match=X`; `module` is accepted and skipped (a module's uevent has no "
-        "modalias)", f"`{' '.join(DEFAULT_SUBSYSTEMS)}`"),
+        "modalias)", f"`{' '.join(DEFAULT_SUBSYSTEMS)}`; on arm64 also `platform`"),
     Key("verity_roothash", lambda v: parse_hex(v, "the root hash", 2 * DIGEST), _VERITY_WORDS,
         "none: the image is mounted unverified", per_build=True),
     Key("verity_salt", lambda v: parse_hex(v, "the salt"), _VERITY_WORDS,

@@ -69,8 +69,9 @@ NETLINK_KOBJECT_UEVENT = 15
 UEVENT_BUFFER = 16 * 1024 * 1024  # large enough for a coldplug burst; udevd uses 128 MiB
 SO_RCVBUFFORCE = 33
 
-_SYS_FINIT_MODULE = 313  # x86_64
-_SYS_INIT_MODULE = 175
+# finit_module(2) has no libc wrapper; its number differs per CPU (x86_64's table, and the
+# generic one arm64 uses, include/uapi/asm-generic/unistd.h)
+_SYS_FINIT_MODULE = {"x86_64": 313, "aarch64": 273}
 
 if TYPE_CHECKING:
     Tracer = Callable[[str], None]
@@ -114,6 +115,7 @@ class Kernel:
     def __init__(self, tracer: Tracer | None = None) -> None:
         self.tracer = tracer
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._finit_number: int | None = None  # this CPU's, at the first module
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -300,12 +302,22 @@ class Kernel:
 
     # --- modules --------------------------------------------------------------------------
 
+    @property
+    def _finit_module(self) -> int:
+        if self._finit_number is None:
+            machine = os.uname().machine
+            if machine not in _SYS_FINIT_MODULE:
+                raise OSError(errno.ENOSYS, f"finit_module's number on {machine} is not known "
+                                            "to storage-init")
+            self._finit_number = _SYS_FINIT_MODULE[machine]
+        return self._finit_number
+
     def finit_module(self, fd: int, params: str, flags: int, path: str) -> None:
         self._libc_call(
             f"finit_module({path!r}, {params!r}, {flags})",
             path,
             lambda: self._libc.syscall(
-                _SYS_FINIT_MODULE, ctypes.c_int(fd), params.encode(), ctypes.c_int(flags)
+                self._finit_module, ctypes.c_int(fd), params.encode(), ctypes.c_int(flags)
             ),
         )
 
@@ -434,6 +446,9 @@ class Kernel:
 
     def uname_release(self) -> str:
         return os.uname().release
+
+    def uname_machine(self) -> str:
+        return os.uname().machine
 
     def monotonic(self) -> float:
         return time.monotonic()

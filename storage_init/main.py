@@ -13,7 +13,7 @@ import sys
 from . import TYPE_CHECKING, __version__
 from .boot import RDINIT, SYSTEMD, Boot, Paths
 from .cmdline import DEBUG, flag, parse_cmdline
-from .config import DEFAULT_SUBSYSTEMS, ConfigError, parse_config
+from .config import ConfigError, default_subsystems, parse_config
 from .emergency import Policy, emergency
 from .kernel import Kernel
 from .log import Log
@@ -71,7 +71,7 @@ def dry_run(kernel: KernelApi, mode: str, paths: Paths, cmdline: str | None,
     boot = Boot(kernel, Log(kernel), mode, [], {}, paths)
     try:
         boot.settings = resolve(parse_config(text), params, kver or kernel.uname_release(),
-                                DEFAULT_SUBSYSTEMS)
+                                default_subsystems(kernel.uname_machine()))
     except ConfigError as exc:
         print(f"storage-init: {exc}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ import stat
 from . import TYPE_CHECKING, loop, switchroot, udev, verity, veritydev
 from .boot import BOTH, RDINIT, SYSTEMD, Boot, Step
 from .cmdline import flag, parse_cmdline
-from .config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
+from .config import Config, ConfigError, default_subsystems, parse_config
 from .devices import Finder
 from .emergency import Policy
 from .errors import BootError, failing
@@ -95,7 +95,8 @@ def read_config(boot: Boot) -> None:
     else:
         boot.log.warning(f"{path} is missing; only the kernel command line configures this boot")
     try:
-        settings = resolve(config, boot.params, boot.kernel.uname_release(), DEFAULT_SUBSYSTEMS)
+        settings = resolve(config, boot.params, boot.kernel.uname_release(),
+                           default_subsystems(boot.kernel.uname_machine()))
     except ConfigError as exc:
         raise BootError(f"configure the boot: {exc}", f"{path} and the kernel command line"
                         ) from None

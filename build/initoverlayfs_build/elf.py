@@ -6,6 +6,7 @@ in a directory ld.so searches by default."""
 from __future__ import annotations
 
 import glob
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -131,56 +132,97 @@ def search_dirs(root: Path = Path("/")) -> list[str]:
 
 @dataclass(frozen=True)
 class Library:
-    path: str  # where ld.so finds it on the host (and where it goes in the initramfs)
+    path: str  # where ld.so finds it on the target (and where it goes in the initramfs)
     source: Path  # the real file to copy
 
 
+def resolve_in(root: Path, path: str) -> Path:
+    """The file `path` names in the tree `root` (a Debian tree of another CPU), its symlinks
+    followed inside the tree: an absolute link there (Debian's /lib/ld-linux-aarch64.so.1)
+    means the tree's file, not this machine's."""
+    if root == Path("/"):
+        return Path(path).resolve()
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    current: list[str] = []
+    for _ in range(256):  # bounded, as the kernel bounds a path's links (ELOOP)
+        if not parts:
+            return root.joinpath(*current)
+        part = parts.pop(0)
+        if part == "..":
+            current = current[:-1]
+            continue
+        candidate = root.joinpath(*current, part)
+        if not candidate.is_symlink():
+            current.append(part)
+            continue
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            current = []
+        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+    raise FileNotFoundError(f"{path} in {root}: too many levels of symbolic links")
+
+
 def closure(programs: Iterable[Path], dirs: list[str], *,
-            provided: Iterable[Path] = ()) -> list[Library]:
+            provided: Iterable[Path] = (), root: Path = Path("/")) -> list[Library]:
     """Every library (and the interpreter) the programs need, transitively. Libraries found
-    next to a program through $ORIGIN in `provided` folders are not repeated."""
+    next to a program through $ORIGIN in `provided` folders are not repeated. `dirs` and the
+    interpreter are paths on the target, looked up in the tree `root` (/: this machine)."""
     found: dict[str, Library] = {}
     provided_dirs = {p.resolve() for p in provided}
-    queue = [(Path(p), parse(Path(p).read_bytes())) for p in programs]
-    seen_files: set[Path] = {p.resolve() for p, _ in queue}
+    # (the path ld.so knows a file by, the file here, its headers); a program of the frozen
+    # folder is known by its path here, which its $ORIGIN expands to
+    queue = [(str(p), Path(p), parse(Path(p).read_bytes())) for p in programs]
+    seen_files: set[Path] = {file.resolve() for _, file, _ in queue}
     # Libraries that name ld.so in DT_NEEDED get the interpreter already loaded as such.
-    interpreters = {Path(info.interp).name for _, info in queue if info.interp}
+    interpreters = {Path(info.interp).name for _, _, info in queue if info.interp}
     while queue:
-        path, info = queue.pop()
+        path, file, info = queue.pop()
         if info.interp and info.interp not in found:
-            found[info.interp] = Library(info.interp, Path(info.interp).resolve())
-        origin = str(path.parent)
-        own = [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
-               for d in (info.runpath or info.rpath)]
+            found[info.interp] = Library(info.interp, resolve_in(root, info.interp))
+        here = file.resolve().parent in provided_dirs  # the frozen folder: $ORIGIN is here
+        origin = str(Path(path).parent)
+        # A program's own $ORIGIN is read from /proc/self/exe, which PID 1 of an initramfs
+        # does not have when ld.so loads it: what the program itself needs must be in ld.so's
+        # default directories (Debian's arm64 storage-init needs libexpat.so.1, which the
+        # freeze also put in its folder, and stopped at "cannot open shared object file").
+        # A library's $ORIGIN is its own path, known to ld.so.
+        own = [] if info.interp else [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+                                      for d in (info.runpath or info.rpath)]
         for name in info.needed:
             if name in interpreters:
                 continue
-            location = _locate(name, [*own, *dirs], info)
-            if location is None:
+            located = (_locate(name, own, info, Path("/") if here else root)
+                       or _locate(name, dirs, info, root))
+            if located is None:
                 raise FileNotFoundError(f"{name} (needed by {path}) not found in "
-                                        f"{', '.join([*own, *dirs])}")
-            real = location.resolve()
-            if real.parent in provided_dirs or location.parent.resolve() in provided_dirs:
+                                        f"{', '.join([*own, *dirs])}"
+                                        + ("" if root == Path("/") else f" under {root}"))
+            location, real = located
+            if real.parent in provided_dirs:
                 pass  # shipped inside the frozen folder already
-            elif str(location) not in found:
-                found[str(location)] = Library(str(location), real)
+            elif location not in found:
+                found[location] = Library(location, real)
             if real not in seen_files:
                 seen_files.add(real)
-                queue.append((location, parse(real.read_bytes())))
+                queue.append((location, real, parse(real.read_bytes())))
     return sorted(found.values(), key=lambda lib: lib.path)
 
 
-def _locate(name: str, dirs: list[str], want: ElfInfo) -> Path | None:
+def _locate(name: str, dirs: list[str], want: ElfInfo,
+            root: Path) -> tuple[str, Path] | None:
+    """(the path on the target, the real file here) of the first library `name` in `dirs`
+    that is of the program's ELF class and machine."""
     if "/" in name:
-        return Path(name) if Path(name).exists() else None
+        real = resolve_in(root, name)
+        return (name, real) if real.exists() else None
     for d in dirs:
-        candidate = Path(d) / name
-        if not candidate.is_file():
+        real = resolve_in(root, f"{d}/{name}")
+        if not real.is_file():
             continue
-        with candidate.open("rb") as f:
+        with real.open("rb") as f:
             head = f.read(20)
         if is_elf(head) and (head[4], _machine(head)) == (want.elfclass, want.machine):
-            return candidate
+            return f"{d}/{name}", real
     return None
 
 

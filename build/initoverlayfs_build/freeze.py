@@ -56,7 +56,10 @@ from xml.etree import ElementTree
 
 import storage_init
 
-from . import __version__, elf
+from . import __version__, elf, foreign
+from .arch import Arch, of_elf
+from .arch import host as host_arch
+from .arch import named as named_arch
 from .errors import BuildError
 from .run import need, run
 from .ui import Ui
@@ -69,6 +72,10 @@ EARLY_IMPORTS_PLUGIN = Path(__file__).with_name("nuitka_early_imports.py")
 REPORT = "nuitka-report.xml"  # in the freeze's output folder, read by check_early_imports
 STAMP = ".initoverlayfs-freeze"
 NETWORK_MARK = ".initoverlayfs-network"  # in a folder frozen with --network
+# in a folder frozen for another CPU: the Debian tree it was frozen in, whose libraries
+# (glibc, libz...) the mini-initramfs then takes (foreign.py)
+LIBRARIES_MARK = ".initoverlayfs-libraries"
+MARKS = (STAMP, NETWORK_MARK, LIBRARIES_MARK)  # the freeze's bookkeeping, not shipped
 INSTALLED = Path("/usr/lib/initoverlayfs/storage-init")
 INSTALLED_NETWORK = Path("/usr/lib/initoverlayfs/storage-init-network")
 RUNTIME_LIBRARIES = ("libudev.so.1",)  # dlopen()ed by pyudev through ctypes
@@ -195,14 +202,20 @@ class Frozen:
     seconds: float  # 0.0 when reused
 
 
-def source_key(python: str = sys.executable, network: bool = False) -> str:
+def source_key(python: str = sys.executable, network: bool = False,
+               arch: Arch | None = None) -> str:
     """A hash of everything that changes the frozen result: storage-init's sources, the
-    Python version, Nuitka's version (and pyroute2's, with --network) and this file's options."""
+    Python version, Nuitka's version (and pyroute2's, with --network) and this file's options;
+    for another CPU, its tree's key instead of this machine's Python (foreign.tree_key)."""
     digest = hashlib.sha256()
     if network:
         digest.update(b"network\0")
         with contextlib.suppress(metadata.PackageNotFoundError):
             digest.update(metadata.version("pyroute2").encode())
+    if arch is not None and arch != host_arch():
+        digest.update(f"{arch.name}\0{foreign.tree_key(arch)}\0".encode())
+    else:
+        digest.update(sys.version.encode() + python.encode())
     package = Path(storage_init.__file__).parent
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
@@ -211,7 +224,6 @@ def source_key(python: str = sys.executable, network: bool = False) -> str:
     digest.update(BYTECODE_PLUGIN.read_bytes())
     digest.update(PRECOMPILED_PLUGIN.read_bytes())
     digest.update(EARLY_IMPORTS_PLUGIN.read_bytes())
-    digest.update(sys.version.encode() + python.encode())
     with contextlib.suppress(metadata.PackageNotFoundError):  # reported when Nuitka runs
         digest.update(metadata.version("nuitka").encode())
     return digest.hexdigest()[:16]
@@ -324,9 +336,12 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = False
-           ) -> Frozen:
-    """Compile into a temporary folder beside `output`, then swap it into place."""
+def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = False,
+           arch: Arch | None = None) -> Frozen:
+    """Compile into a temporary folder beside `output`, then swap it into place; for another
+    CPU than this machine's (`arch`), in a Debian tree of it (foreign.py)."""
+    if arch is not None and arch != host_arch():
+        return _freeze_foreign(ui, output, arch, network)
     if python == sys.executable and importlib.util.find_spec("nuitka") is None:
         raise BuildError(f"Nuitka is not installed for {python}; it compiles storage-init "
                          "into the frozen folder the mini-initramfs carries",
@@ -365,17 +380,70 @@ def freeze(ui: Ui, output: Path, python: str = sys.executable, network: bool = F
         (dist / STAMP).write_text(source_key(python, network) + "\n")
         if network:
             (dist / NETWORK_MARK).write_text("pyroute2 " + metadata.version("pyroute2") + "\n")
-        old = output.with_name(f".{output.name}.old")
-        if output.exists():
-            os.replace(output, old)
-        os.replace(dist, output)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap(dist, output)
     return Frozen(output, folder_size(output), time.monotonic() - started)
 
 
-def cache_dir(network: bool = False) -> Path:
-    """Where a source checkout keeps its frozen folder between builds."""
+def _swap(dist: Path, output: Path) -> None:
+    old = output.with_name(f".{output.name}.old")
+    if output.exists():
+        os.replace(output, old)
+    os.replace(dist, output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _freeze_foreign(ui: Ui, output: Path, arch: Arch, network: bool) -> Frozen:
+    """The freeze run in the cached Debian tree of `arch`, by its Python; the folder then
+    names that tree (LIBRARIES_MARK) for the builder."""
+    started = time.monotonic()
+    tree = foreign.make_tree(ui, arch, tree_dir(arch))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sources = [Path(storage_init.__file__).parent, Path(__file__).parent]
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".freeze-") as tmp:
+        dist = foreign.freeze_in_tree(ui, arch, tree, sources, Path(tmp), network)
+        if folder_arch(dist) != arch:
+            raise BuildError(f"the freeze in {tree} made no {arch.name} {dist / BINARY}")
+        (dist / STAMP).write_text(source_key(network=network, arch=arch) + "\n")
+        (dist / LIBRARIES_MARK).write_text(os.fspath(tree) + "\n")
+        _swap(dist, output)
+    return Frozen(output, folder_size(output), time.monotonic() - started)
+
+
+def folder_arch(folder: Path) -> Arch | None:
+    """The CPU the folder's storage-init binary is for (None: not one we build for)."""
+    try:
+        with (folder / BINARY).open("rb") as f:
+            return of_elf(f.read(20))
+    except OSError:
+        return None
+
+
+def library_root(folder: Path) -> Path:
+    """Where the libraries of the folder's binary are: / for this machine's CPU, else the
+    Debian tree it was frozen in."""
+    found = folder_arch(folder)
+    if found is None or found == host_arch():
+        return Path("/")
+    mark = folder / LIBRARIES_MARK
+    tree = Path(mark.read_text().strip()) if mark.is_file() else None
+    if tree is None or not (tree / "etc/ld.so.conf").is_file():
+        raise BuildError(f"{folder} holds an {found.name} storage-init, and the {found.name} "
+                         "libraries it was linked with are not on this machine"
+                         + (f" (its tree {tree} is gone)" if tree else ""),
+                         f"freeze it here: initoverlayfs-freeze --arch {found.name}")
+    return tree
+
+
+def tree_dir(arch: Arch) -> Path:
+    """The Debian tree of `arch` that freezes for it, beside the frozen folders."""
+    return cache_dir().with_name(f"freeze-tree-{arch.name}")
+
+
+def cache_dir(network: bool = False, arch: Arch | None = None) -> Path:
+    """Where a source checkout keeps its frozen folder between builds (one per CPU)."""
     name = "storage-init-network" if network else "storage-init"
+    if arch is not None and arch != host_arch():
+        name += f"-{arch.name}"
     checkout = Path(storage_init.__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file():
         return checkout / ".cache" / name
@@ -383,23 +451,26 @@ def cache_dir(network: bool = False) -> Path:
     return Path(base) / "initoverlayfs" / name
 
 
-def is_current(folder: Path, python: str = sys.executable, network: bool = False) -> bool:
+def is_current(folder: Path, python: str = sys.executable, network: bool = False,
+               arch: Arch | None = None) -> bool:
     stamp = folder / STAMP
-    return stamp.is_file() and stamp.read_text().strip() == source_key(python, network)
+    return stamp.is_file() and stamp.read_text().strip() == source_key(python, network, arch)
 
 
-def default_frozen(ui: Ui, network: bool = False) -> Frozen:
+def default_frozen(ui: Ui, network: bool = False, arch: Arch | None = None) -> Frozen:
     """The installed frozen folder; in a source checkout, the cached one, refrozen only when
-    storage-init's sources (or Python, or Nuitka) changed."""
+    storage-init's sources (or Python, or Nuitka) changed. For another CPU than this
+    machine's, always the cached one (frozen in a tree of that CPU)."""
     installed = INSTALLED_NETWORK if network else INSTALLED
-    if (installed / BINARY).is_file() and not (
+    native = arch is None or arch == host_arch()
+    if native and (installed / BINARY).is_file() and not (
             Path(storage_init.__file__).resolve().parents[1] / "pyproject.toml").is_file():
         return Frozen(installed, folder_size(installed), 0.0)
-    folder = cache_dir(network)
-    if is_current(folder, network=network):
+    folder = cache_dir(network, arch)
+    if is_current(folder, network=network, arch=arch):
         ui.info(f"reusing frozen storage-init in {folder} (sources unchanged)")
         return Frozen(folder, folder_size(folder), 0.0)
-    return freeze(ui, folder, network=network)
+    return freeze(ui, folder, network=network, arch=arch)
 
 
 def has_network(folder: Path) -> bool:
@@ -426,18 +497,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="the variant for a bootfs on the network (NBD): with pyroute2's "
                              "netlink message classes (default output: "
                              ".cache/storage-init-network)")
+    parser.add_argument("--arch", metavar="ARCH",
+                        help="the CPU to freeze for: amd64 (x86_64) or arm64 (aarch64); "
+                             "default: this machine's. Another CPU's freeze runs in a Debian "
+                             "tree of it through qemu-user (needs root, mmdebstrap and "
+                             "qemu-user-static; the tree is made once, in "
+                             ".cache/freeze-tree-ARCH) (default output: "
+                             ".cache/storage-init-ARCH)")
     parser.add_argument("--if-changed", action="store_true",
                         help="do nothing when the folder was frozen from the same sources")
     parser.add_argument("--debug", action="store_true", help="show each command as run")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     ui = Ui("initoverlayfs-freeze", debug=args.debug)
-    output = (args.output or cache_dir(args.network)).absolute()
     try:
-        if args.if_changed and is_current(output, network=args.network):
+        arch = named_arch(args.arch) if args.arch else host_arch()
+        output = (args.output or cache_dir(args.network, arch)).absolute()
+        if args.if_changed and is_current(output, network=args.network, arch=arch):
             ui.info(f"{output} is current; nothing to do")
             return 0
-        frozen = freeze(ui, output, network=args.network)
+        frozen = freeze(ui, output, network=args.network, arch=arch)
     except BuildError as exc:
         print(f"initoverlayfs-freeze: error: {exc}", file=sys.stderr)
         return 1

@@ -73,7 +73,8 @@ def boot_filesystem(entries: list[FstabEntry]) -> BootFs:
     return BootFs(entry.spec, types[0] if len(types) == 1 else None, image_dir, types)
 
 
-def config_text(boot: BootFs, erofs_compression: str | None) -> str:
+def config_text(boot: BootFs, erofs_compression: str | None,
+                subsystems: tuple[str, ...] = DEFAULT_SUBSYSTEMS) -> str:
     lines = [
         "# Written by initoverlayfs-install from the /boot entry of /etc/fstab.",
         "# Edit freely: initoverlayfs-install never overwrites a non-blank file.",
@@ -85,7 +86,7 @@ def config_text(boot: BootFs, erofs_compression: str | None) -> str:
         lines.append("# /boot is a directory of the root filesystem, not a filesystem of its own")
         lines.append(f"fs {boot.image_dir}/{image_name('$kver')}")
     lines.append("fstype erofs")
-    lines.append("udev_trigger " + " ".join(DEFAULT_SUBSYSTEMS))
+    lines.append("udev_trigger " + " ".join(subsystems))
     if erofs_compression:
         lines.append(f"erofs_compression {erofs_compression}")
     return "\n".join(lines) + "\n"

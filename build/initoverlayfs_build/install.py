@@ -21,6 +21,7 @@ from storage_init.config import (
     PER_BUILD,
     ConfigError,
     config_lines,
+    default_subsystems,
     image_name,
     parse_config,
     verity_lines,
@@ -30,6 +31,7 @@ from storage_init.verity import HASH_MODULE, Verity
 
 from . import (
     __version__,
+    arch,
     compress,
     content,
     cpio,
@@ -93,7 +95,14 @@ def parser() -> argparse.ArgumentParser:
                         "directory (default: /)")
     p.add_argument("--storage-init", type=Path, metavar="DIR",
                    help="frozen storage-init folder (default: the installed one; in a source "
-                        "checkout, frozen once and reused while the sources are unchanged)")
+                        "checkout, frozen once and reused while the sources are unchanged; "
+                        "for another CPU than this machine's, the one frozen for it, "
+                        "initoverlayfs-freeze --arch)")
+    p.add_argument("--arch", metavar="ARCH",
+                   help="the CPU the kernel is for: amd64 (x86_64) or arm64 (aarch64) "
+                        "(default: read from the kernel's config, /boot/config-KVER, else "
+                        "from its modules). For another CPU than this machine's, the content "
+                        "must come from --from-dir or --from-initramfs")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from-initramfs", type=Path, metavar="FILE",
                         help="take the initoverlayfs content from an existing initramfs "
@@ -300,7 +309,9 @@ class Plan:
     from_fstab: bool  # the config was made from /etc/fstab (and is written to /etc after)
     listed: tuple[str, ...]  # the bootfs's filesystem types, when known
     network: bool
+    arch: arch.Arch  # the kernel's CPU
     frozen: Path
+    libraries: Path  # the tree the frozen binary's libraries come from (/: this machine)
     compression: str | None  # the image's
     method: str  # the mini-initramfs's
 
@@ -372,13 +383,19 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
         dracut.need_module()
     if args.from_dir is not None and not args.from_dir.is_dir():
         raise BuildError(f"--from-dir {args.from_dir} is not a directory")
+    kernel_config = boot_dir / f"config-{kver}"
+    cpu = kernel_arch(ui, args.arch, kernel_config, moddir) or (
+        args.storage_init and freeze.folder_arch(args.storage_init)) or arch.host()
+    if cpu != arch.host():
+        refuse_foreign(args, with_dracut, cpu)
     unpacked = initramfs.load(ui, args.from_initramfs) if args.from_initramfs else None
     user_config, raw = read_config(ui, etc_dir)
     if user_config is None:
         entries = fstab.parse_fstab(_read(etc_dir / "fstab", "the /boot entry"))
         bootfs = fstab.boot_filesystem(entries)
-        config_text = checked_config(fstab.config_text(bootfs, args.erofs_compression),
-                                     "the config made from /etc/fstab")
+        config_text = checked_config(
+            fstab.config_text(bootfs, args.erofs_compression, default_subsystems(cpu.machine)),
+            "the config made from /etc/fstab")
         listed = bootfs.fstypes
     else:
         config_text = user_config
@@ -387,7 +404,14 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
     if network and not args.network:
         ui.info(f"the bootfs {raw['bootfs']} is on the network: building as with --network")
     frozen = (freeze.check_folder(args.storage_init) if args.storage_init
-              else freeze.default_frozen(ui, network=network).folder)
+              else freeze.default_frozen(ui, network=network, arch=cpu).folder)
+    if freeze.folder_arch(frozen) != cpu:
+        raise BuildError(f"the frozen storage-init {frozen} is for "
+                         f"{freeze.folder_arch(frozen) or 'another CPU'}, and kernel {kver} "
+                         f"is for {cpu}",
+                         f"pass --storage-init DIR frozen for {cpu} (initoverlayfs-freeze "
+                         f"--arch {cpu}), or --arch if {kver}'s CPU was misread")
+    libraries = freeze.library_root(frozen)
     if network and not freeze.has_network(frozen):
         raise BuildError(f"the frozen storage-init {frozen} has no pyroute2, and the bootfs is "
                          "on the network", "freeze it with `initoverlayfs-freeze --network`")
@@ -395,7 +419,6 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
         raise BuildError(f"dracut reads every file from the sysroot {sysroot}, and the frozen "
                          f"storage-init {frozen} is outside it",
                          "put it inside the sysroot, or pass --mini-with cpio")
-    kernel_config = boot_dir / f"config-{kver}"
     compression = erofs.choose_compression(
         ui, mkfs, args.erofs_compression or raw.get("erofs_compression"), kernel_config)
     method = args.compress or compress.default_method(kver, kernel_config)
@@ -403,8 +426,40 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
         ui.warning(f"lz4 for {kver}: kernels before 6.1 read no end mark after an lz4 "
                    "initramfs, so nothing a bootloader appends to it will be unpacked")
     return Plan(args, sysroot, kver, boot_dir, etc_dir, moddir, existing, with_dracut,
-                unpacked, config_text, user_config is None, tuple(listed), network, frozen,
-                compression, method)
+                unpacked, config_text, user_config is None, tuple(listed), network, cpu,
+                frozen, libraries, compression, method)
+
+
+def kernel_arch(ui: Ui, requested: str | None, config: Path,
+                moddir: Path) -> arch.Arch | None:
+    """--arch, else what the kernel's config says, else what its modules are; None when
+    neither tells (then the frozen folder's CPU, else this machine's, is taken)."""
+    if requested:
+        return arch.named(requested)
+    try:
+        found = arch.of_kernel_config(config.read_text(errors="replace"))
+    except OSError:
+        found = None
+    found = found or kmods.modules_arch(ui, moddir)
+    if found is None:
+        ui.info(f"kernel {moddir.name}'s CPU is named neither by {config} nor by its "
+                "modules: building for the frozen storage-init's (--arch names another)")
+    return found
+
+
+def refuse_foreign(args: argparse.Namespace, with_dracut: bool, cpu: arch.Arch) -> None:
+    """What this machine cannot make for another CPU: dracut would put this machine's own
+    programs into the mini-initramfs or the content."""
+    if with_dracut:
+        raise BuildError(f"dracut makes a mini-initramfs of this {arch.host()} machine's "
+                         f"programs, and the kernel is for {cpu}",
+                         "use --mini-with cpio (the default), or build on a machine of "
+                         "that CPU")
+    if args.from_dir is None and args.from_initramfs is None:
+        raise BuildError(f"the content would come from dracut, with this {arch.host()} "
+                         f"machine's programs, and the kernel is for {cpu}",
+                         f"pass --from-dir or --from-initramfs with {cpu} content (the "
+                         "distribution's classic initramfs for that kernel)")
 
 
 def choose_modules(ui: Ui, plan: Plan) -> Modules:
@@ -419,7 +474,7 @@ def choose_modules(ui: Ui, plan: Plan) -> Modules:
         hostonly = args.hostonly if args.hostonly is not None else plan.sysroot == Path("/")
         drivers = host_modules(ui, index) if hostonly else None
     if drivers is None:
-        drivers = kmods.generic_drivers()
+        drivers = kmods.generic_drivers(plan.arch.name)
     extra = args.add_drivers.split()
     if plan.network:
         drivers = [*drivers, *kmods.network_drivers()]
@@ -504,8 +559,8 @@ def make_mini_initramfs(ui: Ui, plan: Plan, modules: Modules, image: Image, work
             compress=plan.method, target=workdir / "mini.img")
         mini = made.read_bytes()  # dracut adds early microcode itself
     else:
-        mini = cpio_mini_initramfs(ui, plan.method, plan.frozen, modules.files, plan.kver,
-                                   mini_config, unpacked)
+        mini = cpio_mini_initramfs(ui, plan.method, plan.frozen, plan.libraries,
+                                   modules.files, plan.kver, mini_config, unpacked)
     return compress.finish(plan.method, plan.kver, mini)
 
 
@@ -543,12 +598,14 @@ def print_plan(plan: Plan, modules: Modules) -> None:
     """--dry-run: what the build would write. Our cpio writer's mini-initramfs is made in
     memory, so its size is the real one (but for the verity keys, made with the image)."""
     mini = None if plan.with_dracut else cpio_mini_initramfs(
-        Ui(PROG, quiet=True), plan.method, plan.frozen, modules.files, plan.kver,
+        Ui(PROG, quiet=True), plan.method, plan.frozen, plan.libraries, modules.files,
+        plan.kver,
         build_config(plan.config_text, image_name(plan.kver, "0" * pair.ID_LENGTH), None),
         plan.unpacked)
     frozen_bytes = sum(p.stat().st_size for p in plan.frozen.rglob("*") if p.is_file())
     verified = plan.args.verity
-    print(f"{PROG} {__version__}: dry run for kernel {plan.kver}; nothing is written")
+    print(f"{PROG} {__version__}: dry run for kernel {plan.kver} ({plan.arch}); nothing is "
+          "written")
     print("would write:")
     size = (f"{len(mini)} bytes (within a few hundred: the config's verity keys are "
             "made with the image)" if mini is not None else "made by dracut")
@@ -559,6 +616,8 @@ def print_plan(plan: Plan, modules: Modules) -> None:
     print(f"    storage-init from {plan.frozen} ({frozen_bytes} bytes unpacked), "
           f"{len(modules.names)} modules ({sum(map(len, modules.files.values()))} bytes "
           "unpacked)")
+    if plan.libraries != Path("/"):
+        print(f"    its {plan.arch} libraries from {plan.libraries}")
     print(f"  {plan.boot_dir / image_name(plan.kver, 'ID')}: the image, EROFS "
           f"{plan.compression or 'uncompressed'}; ID from its "
           + ("verity root hash" if verified else "content's sha256"))
@@ -578,14 +637,20 @@ def print_plan(plan: Plan, modules: Modules) -> None:
         print(f"  {line}")
 
 
-def cpio_mini_initramfs(ui: Ui, method: str, frozen: Path, module_files: dict[str, bytes],
-                        kver: str, config_text: str,
+def cpio_mini_initramfs(ui: Ui, method: str, frozen: Path, root: Path,
+                        module_files: dict[str, bytes], kver: str, config_text: str,
                         unpacked: initramfs.Unpacked | None) -> bytes:
-    """The mini-initramfs from our own cpio writer, after the source's early microcode."""
-    libraries = elf.closure(mini.frozen_programs(frozen), elf.search_dirs(), provided=[frozen])
-    locale = mini.find_locale()
+    """The mini-initramfs from our own cpio writer, after the source's early microcode; the
+    frozen binary's libraries and locale from the tree `root` (/: this machine)."""
+    try:
+        libraries = elf.closure(mini.frozen_programs(frozen), elf.search_dirs(root),
+                                provided=[frozen], root=root)
+    except FileNotFoundError as exc:
+        raise BuildError(f"a library of the frozen storage-init is missing: {exc}",
+                         "refreeze it on this machine (initoverlayfs-freeze)") from None
+    locale = mini.find_locale(root)
     if locale is None:
-        ui.warning("no C.UTF-8 locale on this system (/usr/lib/locale/C.utf8): "
+        ui.warning(f"no C.UTF-8 locale in {root} (/usr/lib/locale/C.utf8): "
                    "a LANG= on the kernel command line will stop storage-init")
     content = mini.build_tree(frozen, libraries, module_files, kver, config_text.encode(),
                               locale)

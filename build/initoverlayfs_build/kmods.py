@@ -20,6 +20,7 @@ from pathlib import Path
 from storage_init.modules import COMPRESSED_SUFFIXES, ModuleIndex, module_name, parse_index
 from storage_init.mounts import parse_mountinfo
 
+from .arch import Arch, of_elf
 from .errors import BuildError
 from .run import need, run
 from .ui import Ui
@@ -37,6 +38,22 @@ GENERIC = {
                     "sd_mod"),
     "mmc": ("mmc_block", "sdhci_pci", "sdhci_acpi"),
 }
+# The same on arm64 boards: virtio also on MMIO (QEMU's virt machine, cloud VMs); SD cards
+# on PCI or the SoC's own controllers (the Raspberry Pi 4's emmc2 is sdhci-iproc, earlier
+# Pis' is bcm2835); USB storage behind PCI xHCI (the Pi 4's VL805, which needs its firmware
+# loaded through reset-raspberrypi) or the SoC's platform xHCI; NVMe and AHCI on PCIe.
+GENERIC_ARM64 = {
+    "virtio-blk": ("virtio_pci", "virtio_mmio", "virtio_blk"),
+    "virtio-scsi": ("virtio_pci", "virtio_mmio", "virtio_scsi", "sd_mod"),
+    "nvme": ("nvme",),
+    "ahci": ("ahci", "ahci_platform", "sd_mod"),
+    "scsi-disk": ("sd_mod",),
+    "usb-storage": ("xhci_pci", "xhci_plat_hcd", "reset_raspberrypi", "dwc2", "usb_storage",
+                    "uas", "sd_mod"),
+    "mmc": ("mmc_block", "sdhci_pci", "sdhci_iproc", "bcm2835", "sdhci_of_arasan",
+            "sdhci_of_dwcmshc"),
+}
+GENERIC_BY_ARCH = {"amd64": GENERIC, "arm64": GENERIC_ARM64}
 # A bootfs on the network (--network): the NBD client and the common NICs, by what they drive.
 NETWORK = {
     "nbd": ("nbd",),
@@ -106,8 +123,9 @@ def wanted_modules(drivers: Iterable[str], fstypes: Iterable[str]) -> list[str]:
     return wanted
 
 
-def generic_drivers() -> list[str]:
-    return [m for family in GENERIC.values() for m in family]
+def generic_drivers(arch: str = "amd64") -> list[str]:
+    """The common storage drivers of `arch` (Debian's name), in their families' order."""
+    return list(dict.fromkeys(m for family in GENERIC_BY_ARCH[arch].values() for m in family))
 
 
 def network_drivers() -> list[str]:
@@ -194,6 +212,15 @@ def signature_hash_module(ui: Ui, directory: Path, index: ModuleIndex,
     return None
 
 
+def modules_arch(ui: Ui, directory: Path) -> Arch | None:
+    """The CPU a kernel's modules are for, from the first one modules.dep lists."""
+    for line in (directory / "modules.dep").read_text(errors="replace").splitlines():
+        name = line.split(":", 1)[0].strip()
+        if name and (directory / name).is_file():
+            return of_elf(_decompress(ui, directory / name)[:20])
+    return None
+
+
 # --- the files ---------------------------------------------------------------------------------
 
 def module_files(ui: Ui, directory: Path, index: ModuleIndex,
@@ -266,7 +293,9 @@ def reasons(index: ModuleIndex, shipped: Iterable[str]) -> dict[str, str]:
     build's plan and for an inspected mini-initramfs."""
     names = list(shipped)
     families: dict[str, str] = {}
-    for kind, table in (("storage", GENERIC), ("network", NETWORK)):
+    # (an arm64-only driver, such as virtio_mmio, gets its words from GENERIC_ARM64)
+    for kind, table in (("storage", GENERIC), ("storage", GENERIC_ARM64),
+                        ("network", NETWORK)):
         members: dict[str, list[str]] = {}
         for family, modules in table.items():
             for module in modules:

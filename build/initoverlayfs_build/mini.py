@@ -14,7 +14,7 @@ from storage_init.config import CONFIG_PATH
 from storage_init.settings import NEW_ROOT
 
 from . import cpio, elf
-from .freeze import BINARY, NETWORK_MARK, STAMP
+from .freeze import BINARY, MARKS
 
 FROZEN_DIR = "usr/lib/initoverlayfs"
 MOUNT_POINTS = ("dev", "proc", "sys", "run", "boot", "etc", NEW_ROOT.strip("/"))
@@ -69,19 +69,33 @@ def frozen_programs(folder: Path) -> list[Path]:
     return programs
 
 
-def find_locale() -> Path | None:
-    return next((Path(d) for d in LOCALE_DIRS if Path(d, "LC_CTYPE").is_file()), None)
+@dataclass(frozen=True)
+class Locale:
+    path: str  # on the target, where glibc looks for it
+    source: Path  # here
+
+
+def find_locale(root: Path = Path("/")) -> Locale | None:
+    """glibc's C.UTF-8 in the tree `root` whose glibc storage-init runs on."""
+    for directory in LOCALE_DIRS:
+        source = elf.resolve_in(root, directory)
+        if (source / "LC_CTYPE").is_file():
+            return Locale(directory, source)
+    return None
 
 
 def build_tree(frozen: Path, libraries: list[elf.Library], modules: Mapping[str, bytes],
-               kver: str, config: bytes, locale: Path | None) -> Tree:
+               kver: str, config: bytes, locale: Locale | None) -> Tree:
     tree = Tree()
     for point in MOUNT_POINTS:
         tree.directory(point)
     tree.node("dev/console", stat.S_IFCHR, CONSOLE)
+    # a library of the folder that also goes to ld.so's directories (the program needs it
+    # at load time, see elf.closure) is loaded from there, by its soname, for every user
+    elsewhere = {Path(library.path).name for library in libraries}
     for path in sorted(frozen.rglob("*")):
         relative = path.relative_to(frozen).as_posix()
-        if relative in (STAMP, NETWORK_MARK):  # the freeze's bookkeeping, not needed at boot
+        if relative in MARKS or relative in elsewhere:  # bookkeeping, or shipped elsewhere
             continue
         if path.is_dir():
             tree.directory(f"{FROZEN_DIR}/{relative}")
@@ -89,9 +103,10 @@ def build_tree(frozen: Path, libraries: list[elf.Library], modules: Mapping[str,
             mode = 0o755 if os.access(path, os.X_OK) else 0o644
             tree.file(f"{FROZEN_DIR}/{relative}", path.read_bytes(), mode)
     if locale is not None:
-        for path in sorted(locale.rglob("*")):
+        for path in sorted(locale.source.rglob("*")):
             if path.is_file():
-                tree.file(f"{locale}/{path.relative_to(locale).as_posix()}", path.read_bytes())
+                tree.file(f"{locale.path}/{path.relative_to(locale.source).as_posix()}",
+                          path.read_bytes())
     for library in libraries:
         tree.file(library.path, library.source.read_bytes(), 0o755)
     for relative, data in modules.items():

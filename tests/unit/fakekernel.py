@@ -85,6 +85,7 @@ class FakeKernel:
     root_magic: int = real.RAMFS_MAGIC
     pid: int = 1
     release: str = "6.1.0-test"
+    machine: str = "x86_64"
     now: float = 0.0
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     mounted: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
@@ -345,6 +346,9 @@ class FakeKernel:
 
     def uname_release(self) -> str:
         return self.release
+
+    def uname_machine(self) -> str:
+        return self.machine
 
     def monotonic(self) -> float:
         return self.now

@@ -164,7 +164,7 @@ def test_install_dry_run_writes_nothing_and_says_what_it_would(
     out = capsys.readouterr().out
     assert snapshot(sysroot / "boot") == before
     assert not (sysroot / "etc/initoverlayfs.conf").exists()
-    assert f"dry run for kernel {KVER}; nothing is written" in out
+    assert f"dry run for kernel {KVER} (amd64); nothing is written" in out
     assert f"{sysroot}/boot/initramfs-{KVER}.img: the mini-initramfs (our cpio writer, zstd)" \
         in out
     assert f"{sysroot}/boot/{image_name(KVER, 'ID')}" in out

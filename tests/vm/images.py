@@ -65,13 +65,13 @@ class Disk:
         raise AssertionError(f"{name}: its first 4 KiB are a hole on the bootfs")
 
 
-def content_tree(root: Path, *, with_init: bool = True) -> Path:
-    """A busybox system; /sbin/init is the test init (or, for the no-init case, nothing that
-    storage-init would try: no /init, /sbin/init, /etc/init, /bin/init or /bin/sh)."""
+def content_tree(root: Path, *, with_init: bool = True, busybox: Path | None = None) -> Path:
+    """A busybox system (this machine's busybox, or `busybox`: another CPU's); /sbin/init is
+    the test init (or, for the no-init case, nothing that storage-init would try: no /init,
+    /sbin/init, /etc/init, /bin/init or /bin/sh)."""
     for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "boot", "tmp"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    shutil.copy(busybox, root / "bin/busybox")
+    shutil.copy(busybox or shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
     if with_init:
         for applet in APPLETS:
             (root / "bin" / applet).symlink_to("busybox")
@@ -179,15 +179,18 @@ def make_bootfs(work: Path, name: str, files: dict[str, Path],
     return ext4
 
 
-def make_disk(work: Path, bootfs_files: dict[str, Path], fifos: tuple[str, ...] = ()) -> Disk:
+def make_disk(work: Path, bootfs_files: dict[str, Path], fifos: tuple[str, ...] = (),
+              power_of_two: bool = False) -> Disk:
+    """`power_of_two`: a disk of 2^n bytes, the only sizes QEMU's SD card takes."""
     ext4 = make_bootfs(work, "bootfs", bootfs_files, fifos)
     size_mb = ext4.stat().st_size >> 20
     esp = work / "esp.vfat"
     subprocess.run(["mkfs.vfat", "-C", str(esp), str(8 * 1024)], check=True,
                    capture_output=True)
     disk = work / "disk.img"
+    total = (size_mb + 8 + 2) << 20
     with disk.open("wb") as f:
-        f.truncate((size_mb + 8 + 2) << 20)
+        f.truncate(1 << (total - 1).bit_length() if power_of_two else total)
     subprocess.run(["sgdisk", "-o", "-n", "1:2048:+8M", "-t", "1:ef00", "-c", "1:esp",
                     "-n", f"2:0:+{size_mb}M", "-t", "2:8300", "-c", f"2:{PART_LABEL}",
                     "-u", f"2:{PART_UUID}", str(disk)], check=True, capture_output=True)

@@ -25,13 +25,30 @@ INTERFACES = {
     "nvme": ["-device", "nvme,serial=initoverlayfs0,drive=disk0"],
     "ahci": ["-device", "ide-hd,bus=ide.0,drive=disk0"],
 }
+# On arm64 (QEMU's virt machine, PCIe): virtio, an SD card on a PCI SD host controller, a
+# USB stick behind xHCI: the families of the seed's Raspberry Pi class.
+INTERFACES_ARM64 = {
+    "virtio-blk": ["-device", "virtio-blk-pci,drive=disk0"],
+    "sd": ["-device", "sdhci-pci", "-device", "sd-card,drive=disk0"],
+    "usb-storage": ["-device", "qemu-xhci", "-device", "usb-storage,drive=disk0"],
+    # virtio on MMIO: a device-tree platform device, as a board's SoC controllers are
+    "virtio-mmio": ["-device", "virtio-blk-device,drive=disk0"],
+}
 # What the bootfs partition is called inside the guest on each, for the /dev path scenarios.
 # -icount: while the guest computes, its clock runs on instructions executed (1 ns each), not
 # on the host's time, so CPU work repeats to the millisecond; while it waits (the disk), the
 # clock runs on the host's time (sleep=on: with sleep=off it jumps to the guest's next timer,
 # which made a wait on the disk cost up to seconds). For VmSpec.devices.
 ICOUNT = ("-icount", "shift=0,sleep=on")
-DEVICE_NAMES = {"virtio-blk": "vda", "virtio-scsi": "sda", "nvme": "nvme0n1", "ahci": "sda"}
+DEVICE_NAMES = {"virtio-blk": "vda", "virtio-scsi": "sda", "nvme": "nvme0n1", "ahci": "sda",
+                "sd": "mmcblk0", "usb-storage": "sda", "virtio-mmio": "vda"}
+ARM64_CPU = "cortex-a72"  # the Raspberry Pi 4's core
+
+
+def partition(interface: str, number: int) -> str:
+    """The kernel's name of partition `number` of the disk on `interface`."""
+    device = DEVICE_NAMES[interface]
+    return f"{device}p{number}" if device[-1].isdigit() else f"{device}{number}"
 
 
 @functools.cache
@@ -80,8 +97,11 @@ class VmSpec:
     # UEFI firmware (OVMF) instead of SeaBIOS: a writable copy of OVMF's variable store, which
     # the boot may change (make one with uefi_vars())
     uefi_vars: Path | None = None
+    arch: str = "amd64"  # or "arm64": QEMU's virt machine with a Cortex-A72, always TCG
 
     def command(self) -> list[str]:
+        if self.arch == "arm64":
+            return self._arm64_command()
         qemu = shutil.which("qemu-system-x86_64")
         if qemu is None:
             raise FileNotFoundError("qemu-system-x86_64 is missing: apt-get install "
@@ -100,6 +120,20 @@ class VmSpec:
                 *([] if self.reboot else ["-no-reboot"]), "-nodefaults", *direct,
                 *self._disk(), *self.devices]
 
+    def _arm64_command(self) -> list[str]:
+        qemu = shutil.which("qemu-system-aarch64")
+        if qemu is None:
+            raise FileNotFoundError("qemu-system-aarch64 is missing: apt-get install "
+                                    "qemu-system-arm (scripts/setup does)")
+        assert self.kernel is not None, "arm64 boots are direct kernel boots"
+        return [qemu, "-machine", "virt", "-accel", "tcg", "-cpu", self.cpu or ARM64_CPU,
+                "-m", str(self.memory_mb), "-smp", "1", "-display", "none",
+                "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nodefaults",
+                "-kernel", str(self.kernel),
+                *(["-initrd", str(self.initrd)] if self.initrd else []),
+                "-append", f"console=ttyAMA0 panic=-1 {self.append}".strip(),
+                *self._disk(), *self.devices]
+
     def _disk(self) -> list[str]:
         if self.disk is None:
             return []
@@ -110,7 +144,8 @@ class VmSpec:
             assert self.qmp is not None, "a late disk is added through QMP"
             return [*drive, "-device", "virtio-scsi-pci,id=scsi0",
                     "-qmp", f"unix:{self.qmp},server=on,wait=off"]
-        return [*drive, *INTERFACES[self.interface]]
+        table = INTERFACES_ARM64 if self.arch == "arm64" else INTERFACES
+        return [*drive, *table[self.interface]]
 
 
 @dataclass

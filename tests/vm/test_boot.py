@@ -9,7 +9,7 @@ import re
 import pytest
 
 from . import images
-from .qemu import DEVICE_NAMES, BootResult
+from .qemu import BootResult, partition
 from .scenarios import (
     NBD_EXPORT,
     NBD_HOST,
@@ -60,9 +60,7 @@ def test_boot_reaches_init_on_an_erofs_backed_overlay(
             run.console) or "quiet" in scenario.append, why
     assert r["canary"] is True, why
     assert "ro" in lower[2].split(","), why
-    device = DEVICE_NAMES[scenario.interface]
-    partition = f"{device}p2" if device.startswith("nvme") else f"{device}2"
-    assert boot[:2] == ["ext4", f"/dev/{partition}"], why
+    assert boot[:2] == ["ext4", f"/dev/{partition(scenario.interface, 2)}"], why
     assert "ro" in boot[2].split(","), why
     for key, fstype in (("proc", "proc"), ("sys", "sysfs"), ("dev", "devtmpfs"), ("run", "tmpfs")):
         assert str(r[key]).split()[0] == fstype, (key, why)
