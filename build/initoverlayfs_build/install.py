@@ -378,16 +378,16 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
         raise BuildError(f"{', '.join(str(boot_dir / n) for n in existing)} already exist(s); "
                          "nothing was changed", "pass -f to replace them")
     with_dracut = args.systemd or args.mini_with == "dracut"
-    if with_dracut:
-        need("dracut", "to make the mini-initramfs with dracut")
-        dracut.need_module()
-    if args.from_dir is not None and not args.from_dir.is_dir():
-        raise BuildError(f"--from-dir {args.from_dir} is not a directory")
     kernel_config = boot_dir / f"config-{kver}"
     cpu = kernel_arch(ui, args.arch, kernel_config, moddir) or (
         args.storage_init and freeze.folder_arch(args.storage_init)) or arch.host()
     if cpu != arch.host():
         refuse_foreign(args, with_dracut, cpu)
+    if with_dracut:
+        need("dracut", "to make the mini-initramfs with dracut")
+        dracut.need_module()
+    if args.from_dir is not None and not args.from_dir.is_dir():
+        raise BuildError(f"--from-dir {args.from_dir} is not a directory")
     unpacked = initramfs.load(ui, args.from_initramfs) if args.from_initramfs else None
     user_config, raw = read_config(ui, etc_dir)
     if user_config is None:
