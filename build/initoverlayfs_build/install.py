@@ -379,8 +379,12 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
                          "nothing was changed", "pass -f to replace them")
     with_dracut = args.systemd or args.mini_with == "dracut"
     kernel_config = boot_dir / f"config-{kver}"
-    cpu = kernel_arch(ui, args.arch, kernel_config, moddir) or (
-        args.storage_init and freeze.folder_arch(args.storage_init)) or arch.host()
+    cpu = kernel_arch(ui, args.arch, kernel_config, moddir)
+    if cpu is None:  # (only a hand-made tree's modules are not ELF, and it has no config)
+        given = freeze.folder_arch(args.storage_init) if args.storage_init else None
+        cpu = given or arch.host()
+        ui.info(f"kernel {kver}'s CPU is named neither by {kernel_config} nor by its modules: "
+                f"building for {cpu} (--arch names another)")
     if cpu != arch.host():
         refuse_foreign(args, with_dracut, cpu)
     if with_dracut:
@@ -405,10 +409,10 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
         ui.info(f"the bootfs {raw['bootfs']} is on the network: building as with --network")
     frozen = (freeze.check_folder(args.storage_init) if args.storage_init
               else freeze.default_frozen(ui, network=network, arch=cpu).folder)
-    if freeze.folder_arch(frozen) != cpu:
+    frozen_cpu = freeze.folder_arch(frozen)
+    if frozen_cpu != cpu:
         raise BuildError(f"the frozen storage-init {frozen} is for "
-                         f"{freeze.folder_arch(frozen) or 'another CPU'}, and kernel {kver} "
-                         f"is for {cpu}",
+                         f"{frozen_cpu or 'another CPU'}, and kernel {kver} is for {cpu}",
                          f"pass --storage-init DIR frozen for {cpu} (initoverlayfs-freeze "
                          f"--arch {cpu}), or --arch if {kver}'s CPU was misread")
     libraries = freeze.library_root(frozen)
@@ -433,18 +437,14 @@ def make_plan(ui: Ui, args: argparse.Namespace) -> Plan:
 def kernel_arch(ui: Ui, requested: str | None, config: Path,
                 moddir: Path) -> arch.Arch | None:
     """--arch, else what the kernel's config says, else what its modules are; None when
-    neither tells (then the frozen folder's CPU, else this machine's, is taken)."""
+    neither tells."""
     if requested:
         return arch.named(requested)
     try:
         found = arch.of_kernel_config(config.read_text(errors="replace"))
     except OSError:
         found = None
-    found = found or kmods.modules_arch(ui, moddir)
-    if found is None:
-        ui.info(f"kernel {moddir.name}'s CPU is named neither by {config} nor by its "
-                "modules: building for the frozen storage-init's (--arch names another)")
-    return found
+    return found or kmods.modules_arch(ui, moddir)
 
 
 def refuse_foreign(args: argparse.Namespace, with_dracut: bool, cpu: arch.Arch) -> None:

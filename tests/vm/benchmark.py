@@ -66,14 +66,15 @@ class Sample:
     wall_s: float
 
 
-def payload_files(generic: DebianKernel, limit: int) -> list[tuple[Path, str]]:
+def payload_files(generic: DebianKernel, limit: int,
+                  libdir: Path = Path("/usr/lib/x86_64-linux-gnu")) -> list[tuple[Path, str]]:
     """Kernel modules and shared libraries, alternating, in a fixed order, up to `limit`
     bytes: what a real initramfs is made of."""
     def small(p: Path) -> bool:  # what an initramfs holds; no 100 MB LLVM in it
         return p.is_file() and not p.is_symlink() and p.stat().st_size <= 2 << 20
 
     modules = sorted(p for p in generic.modules.rglob("*.ko") if small(p))
-    libs = sorted(p for p in Path("/usr/lib/x86_64-linux-gnu").glob("*.so*") if small(p))
+    libs = sorted(p for p in libdir.glob("*.so*") if small(p))
     chosen: list[tuple[Path, str]] = []
     total = 0
     for i in range(max(len(modules), len(libs))):
@@ -85,11 +86,12 @@ def payload_files(generic: DebianKernel, limit: int) -> list[tuple[Path, str]]:
     return chosen
 
 
-def make_tree(root: Path, files: list[tuple[Path, str]], limit: int) -> int:
+def make_tree(root: Path, files: list[tuple[Path, str]], limit: int,
+              busybox: Path | None = None) -> int:
     (root / "bin").mkdir(parents=True)
     for d in ("sbin", "proc", "sys", "dev", "run", "etc", "boot"):
         (root / d).mkdir()
-    shutil.copy(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
+    shutil.copy(busybox or shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
     for applet in ("sh", "mount", "dmesg", "grep", "sed", "tr", "poweroff"):
         (root / "bin" / applet).symlink_to("busybox")
     for name in ("init", "sbin/init"):  # classic runs /init, ours execs /sbin/init
@@ -477,14 +479,16 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
 
 
 def plot(path: Path, sizes: list[int], summary: dict[str, dict[int, dict[str, float]]],
-         payload_bytes: dict[int, int], accel: str, icount: bool = False) -> None:
+         payload_bytes: dict[int, int], accel: str, icount: bool = False,
+         paths: tuple[str, ...] = PATHS, title: str = "initoverlayfs vs a classic initramfs"
+         ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name in PATHS:
+    for name in paths:
         points = sorted(summary.get(name, {}).items())
         xs = [payload_bytes[s] / (1 << 20) for s, _ in points]
         ys = [v["median_ms"] / 1000 for _, v in points]
@@ -494,7 +498,7 @@ def plot(path: Path, sizes: list[int], summary: dict[str, dict[int, dict[str, fl
     ax.set_xlabel("payload (MB, uncompressed)")
     ax.set_ylabel("time to init (s of guest uptime, 1 ns per instruction)" if icount
                   else "time to init (s, guest uptime)")
-    ax.set_title(f"initoverlayfs vs a classic initramfs (QEMU {accel})")
+    ax.set_title(f"{title} (QEMU {accel})")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
