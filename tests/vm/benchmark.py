@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,31 +260,40 @@ def main() -> int:
                              "erofs-image": images_built.image.stat().st_size,
                              "verity-tree": verity_tree_bytes(images_built.image),
                              "dm-modules": dm_module_bytes(images_built.initramfs)}
+    print(f"booting {len(sizes) * len(PATHS) * args.boots} times, interleaved "
+          f"({'KVM' if kvm_works() else 'TCG, no KVM'}) ...", flush=True)
+
+    def spec(size: int, path: str) -> VmSpec:
+        return VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"], "virtio-blk",
+                      APPEND + EXTRA_APPEND.get(path, ""), memory_mb=MEMORY_MB, timeout=600,
+                      cpu=args.cpu, devices=ICOUNT if args.icount else ())
+
+    samples = boot_interleaved(out, sizes, PATHS, args.boots, spec)
+    assert original is not None
+    report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver, unpacked, original,
+           args.icount, args.cpu)
+    return 0 if all(s.init_s is not None for s in samples) else 1
+
+
+def boot_interleaved(out: Path, sizes: list[int], paths: tuple[str, ...], boots: int,
+                     spec: Callable[[int, str], VmSpec]) -> list[Sample]:
+    """Every size and path once per round, the order reversed every other round, so that
+    drift hits every path alike; a boot that reports no init leaves its console in `out`."""
     samples: list[Sample] = []
-    total = len(sizes) * len(PATHS) * args.boots
-    print(f"booting {total} times, interleaved ({'KVM' if kvm_works() else 'TCG, no KVM'}) ...",
-          flush=True)
-    for round_ in range(args.boots):
-        order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
+    for round_ in range(boots):
+        order = paths if round_ % 2 == 0 else tuple(reversed(paths))
         for size in sizes:
             for path in order:
-                spec = VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"],
-                              "virtio-blk", APPEND + EXTRA_APPEND.get(path, ""),
-                              memory_mb=MEMORY_MB, timeout=600, cpu=args.cpu,
-                              devices=ICOUNT if args.icount else ())
                 started = time.monotonic()
-                run = boot(spec)
+                run = boot(spec(size, path))
                 init_s, timings, dmesg = parse(run.console)
                 if init_s is None:
                     (out / f"failed-{path}-{size}-{round_}.log").write_text(run.describe())
                 samples.append(Sample(size, path, round_, init_s, timings, dmesg,
                                       time.monotonic() - started))
-                print(f"  round {round_ + 1}/{args.boots} {size:>4} MB {path:<13} "
+                print(f"  round {round_ + 1}/{boots} {size:>4} MB {path:<15} "
                       f"init at {init_s if init_s is not None else 'FAILED'} s", flush=True)
-    assert original is not None
-    report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver, unpacked, original,
-           args.icount, args.cpu)
-    return 0 if all(s.init_s is not None for s in samples) else 1
+    return samples
 
 
 # A boot disk as firmware reads it: SD cards and eMMC below, NVMe through UEFI above.
@@ -325,12 +335,30 @@ def exec_to_init(samples: list[Sample], path: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def report(out: Path, sizes: list[int], samples: list[Sample],
-           image_bytes: dict[int, dict[str, int]], payload_bytes: dict[int, int],
-           kver: str, unpacked: dict[str, int], original: c_original.Built,
-           icount: bool = False, cpu: str | None = None) -> None:
+@dataclass(frozen=True)
+class Curves:
+    """Each path's time to init by payload size (median, min, max, boots) and the least
+    squares line through its medians (ms against MB)."""
+
+    summary: dict[str, dict[int, dict[str, float]]]
+    fits: dict[str, tuple[float, float]]
+
+    def crossing(self, other: str) -> float | None:
+        """The payload (MB) where ours and `other` take as long."""
+        (m_c, b_c), (m_o, b_o) = self.fits[other], self.fits["ours"]
+        return (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
+
+    def ratio_to(self, other: str) -> dict[int, float]:
+        """Ours / `other`, size by size, where both booted."""
+        ours, theirs = self.summary.get("ours", {}), self.summary.get(other, {})
+        return {size: ours[size]["median_ms"] / theirs[size]["median_ms"]
+                for size in ours if size in theirs}
+
+
+def curves(samples: list[Sample], sizes: list[int], payload_bytes: dict[int, int],
+           paths: tuple[str, ...]) -> Curves:
     summary: dict[str, dict[int, dict[str, float]]] = {}
-    for path in PATHS:
+    for path in paths:
         for size in sizes:
             times = [s.init_s * 1000 for s in samples
                      if s.path == path and s.size_mb == size and s.init_s is not None]
@@ -338,21 +366,45 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
                 summary.setdefault(path, {})[size] = {
                     "median_ms": statistics.median(times), "min_ms": min(times),
                     "max_ms": max(times), "boots": len(times)}
-    fits = {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
-                       for size, v in summary.get(path, {}).items()]) for path in PATHS}
-    slopes = {path: fits[path][0] * 100 for path in PATHS}  # ms per 100 MB
-    def crossing(other: str) -> float | None:
-        (m_c, b_c), (m_o, b_o) = fits[other], fits["ours"]
-        return (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
+    return Curves(summary, {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
+                                       for size, v in summary.get(path, {}).items()])
+                            for path in paths})
 
-    crossover, crossover_lz4 = crossing("classic-zstd"), crossing("classic-lz4")
-    def ratio_to(other: str) -> dict[int, float]:
-        return {size: summary["ours"][size]["median_ms"] / summary[other][size]["median_ms"]
-                for size in sizes if size in summary.get("ours", {})
-                and size in summary.get(other, {})}
 
-    ratios, to_original = ratio_to("classic-zstd"), ratio_to("c-original")
-    to_lz4 = ratio_to("classic-lz4")
+def loaded_rows(sizes: list[int], summary: dict[str, dict[int, dict[str, float]]],
+                files_of: dict[int, dict[str, int]], paths: tuple[str, ...]) -> list[str]:
+    """A table of each path's median with the bootloader's read of its initramfs file."""
+    rows = ["| payload MB | " + " | ".join(paths) + " |", "|---:|" + "---:|" * len(paths)]
+    for size in sizes:
+        rows.append(f"| {size} | " + " | ".join(
+            f"{summary[path][size]['median_ms'] + load_ms(files_of[size], path):.0f}"
+            if size in summary.get(path, {}) else "n/a" for path in paths) + " |")
+    return rows
+
+
+Target = tuple[str, float | None, float, str]  # what, measured, limit, as shown
+
+
+def steps_and_targets(steps: dict[str, float], targets: list[Target]) -> list[str]:
+    """Our path step by step, then each target and whether it is met."""
+    return ["", "Our path, step by step (median ms over our boots):", "", "| part | ms |",
+            "|---|---:|", *(f"| {name} | {ms:.0f} |" for name, ms in steps.items()),
+            "", "| target | measured | met |", "|---|---|---|",
+            *(f"| {t} | {shown} | {'yes' if v is not None and v <= lim else 'NO'} |"
+              for t, v, lim, shown in targets)]
+
+
+def report(out: Path, sizes: list[int], samples: list[Sample],
+           image_bytes: dict[int, dict[str, int]], payload_bytes: dict[int, int],
+           kver: str, unpacked: dict[str, int], original: c_original.Built,
+           icount: bool = False, cpu: str | None = None) -> None:
+    lines_of = curves(samples, sizes, payload_bytes, PATHS)
+    summary = lines_of.summary
+    slopes = {path: lines_of.fits[path][0] * 100 for path in PATHS}  # ms per 100 MB
+    crossover = lines_of.crossing("classic-zstd")
+    crossover_lz4 = lines_of.crossing("classic-lz4")
+    ratios, to_original = lines_of.ratio_to("classic-zstd"), lines_of.ratio_to("c-original")
+    to_lz4 = lines_of.ratio_to("classic-lz4")
     verity_cost = {size: summary["ours"][size]["median_ms"]
                    - summary["ours-unverified"][size]["median_ms"]
                    for size in sizes if size in summary.get("ours", {})
@@ -371,7 +423,7 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     def shown_ms(value: float | None) -> str:
         return f"{value:.0f} ms" if value is not None else "not measured"
 
-    targets = [
+    targets: list[Target] = [
         ("ours at 100 MB <= 0.70x classic zstd", ratios.get(100), 0.70,
          f"{ratios[100]:.2f}x" if 100 in ratios else "not measured"),
         ("our slope <= 5% of classic zstd's", slopes["ours"] / slopes["classic-zstd"]
@@ -449,11 +501,7 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     lines += ["", f"With the bootloader's read of the initramfs file at {LOAD_MB_S} MB/s added "
               "(a model: file bytes / speed; QEMU's -initrd costs the guest nothing, the EROFS "
               "image's reads are real disk reads in every boot above), ms:", "",
-              "| payload MB | " + " | ".join(PATHS) + " |", "|---:|" + "---:|" * len(PATHS)]
-    for size in sizes:
-        lines.append(f"| {size} | " + " | ".join(
-            f"{summary[path][size]['median_ms'] + load_ms(image_bytes[size], path):.0f}"
-            if size in summary.get(path, {}) else "n/a" for path in PATHS) + " |")
+              *loaded_rows(sizes, summary, image_bytes, PATHS)]
     lines += ["", f"The mini-initramfs carries {image_bytes[sizes[0]]['dm-modules']:,} bytes "
               "of device-mapper modules (dm-mod, dm-bufio, dm-verity) for verity; "
               "ours-unverified boots the same one."]
@@ -465,12 +513,7 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
               "CPU lacks is skipped there, as ours skips it"
               + f"). C original: {c_original.UPSTREAM} at "
               + original.commit[:12] + "."]
-    lines += ["", "Our path, step by step (median ms over our boots):", "",
-              "| part | ms |", "|---|---:|"]
-    lines += [f"| {name} | {ms:.0f} |" for name, ms in steps.items()]
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {shown} | {'yes' if v is not None and v <= lim else 'NO'} |"
-              for t, v, lim, shown in targets]
+    lines += steps_and_targets(steps, targets)
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     print("\n" + text)

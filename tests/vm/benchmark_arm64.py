@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -35,16 +34,18 @@ from .benchmark import (
     LOAD_MB_S,
     MEMORY_MB,
     Sample,
+    Target,
+    boot_interleaved,
     breakdown,
     classic_initramfs,
-    fit,
-    load_ms,
+    curves,
+    loaded_rows,
     make_tree,
-    parse,
     payload_files,
     plot,
+    steps_and_targets,
 )
-from .qemu import ARM64_CPU, ICOUNT, VmSpec, boot
+from .qemu import ARM64_CPU, ICOUNT, VmSpec
 
 REPO = Path(__file__).resolve().parents[2]
 PATHS = ("classic-zstd", "classic-lz4", "ours", "ours-unverified")
@@ -100,25 +101,15 @@ def main() -> int:
                           "classic-lz4": paths["classic-lz4"].stat().st_size,
                           "mini-initramfs": ours.initramfs.stat().st_size,
                           "erofs-image": ours.image.stat().st_size}
-    samples: list[Sample] = []
     print(f"booting {len(sizes) * len(PATHS) * args.boots} times, interleaved "
           f"(TCG -cpu {ARM64_CPU} -icount) ...", flush=True)
-    for round_ in range(args.boots):
-        order = PATHS if round_ % 2 == 0 else tuple(reversed(PATHS))
-        for size in sizes:
-            for path in order:
-                spec = VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"],
-                              INTERFACE, APPEND + EXTRA_APPEND.get(path, ""),
-                              memory_mb=MEMORY_MB, timeout=900, devices=ICOUNT, arch="arm64")
-                begun = time.monotonic()
-                run = boot(spec)
-                init_s, timings, dmesg = parse(run.console)
-                if init_s is None:
-                    (out / f"failed-{path}-{size}-{round_}.log").write_text(run.describe())
-                samples.append(Sample(size, path, round_, init_s, timings, dmesg,
-                                      time.monotonic() - begun))
-                print(f"  round {round_ + 1}/{args.boots} {size:>4} MB {path:<15} "
-                      f"init at {init_s if init_s is not None else 'FAILED'} s", flush=True)
+
+    def spec(size: int, path: str) -> VmSpec:
+        return VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"], INTERFACE,
+                      APPEND + EXTRA_APPEND.get(path, ""), memory_mb=MEMORY_MB, timeout=900,
+                      devices=ICOUNT, arch="arm64")
+
+    samples = boot_interleaved(out, sizes, PATHS, args.boots, spec)
     report(out, sizes, samples, sizes_of, payload_bytes, kernel.kver, unpacked,
            frozen.seconds, time.monotonic() - started)
     return 0 if all(s.init_s is not None for s in samples) else 1
@@ -127,32 +118,14 @@ def main() -> int:
 def report(out: Path, sizes: list[int], samples: list[Sample],
            sizes_of: dict[int, dict[str, int]], payload_bytes: dict[int, int], kver: str,
            unpacked: int, freeze_s: float, run_s: float) -> None:
-    summary: dict[str, dict[int, dict[str, float]]] = {}
-    for path in PATHS:
-        for size in sizes:
-            times = [s.init_s * 1000 for s in samples
-                     if s.path == path and s.size_mb == size and s.init_s is not None]
-            if times:
-                summary.setdefault(path, {})[size] = {
-                    "median_ms": statistics.median(times), "min_ms": min(times),
-                    "max_ms": max(times), "boots": len(times)}
-    fits = {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
-                       for size, v in summary.get(path, {}).items()]) for path in PATHS}
-
-    def crossing(other: str) -> float | None:
-        (m_c, b_c), (m_o, b_o) = fits[other], fits["ours"]
-        return (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
-
-    def ratio_to(other: str) -> dict[int, float]:
-        return {size: summary["ours"][size]["median_ms"] / summary[other][size]["median_ms"]
-                for size in sizes if size in summary.get("ours", {})
-                and size in summary.get(other, {})}
-
-    to_zstd, to_lz4 = ratio_to("classic-zstd"), ratio_to("classic-lz4")
-    crossover, crossover_lz4 = crossing("classic-zstd"), crossing("classic-lz4")
+    lines_of = curves(samples, sizes, payload_bytes, PATHS)
+    summary = lines_of.summary
+    to_zstd, to_lz4 = lines_of.ratio_to("classic-zstd"), lines_of.ratio_to("classic-lz4")
+    crossover = lines_of.crossing("classic-zstd")
+    crossover_lz4 = lines_of.crossing("classic-lz4")
     steps = breakdown([s for s in samples if s.path == "ours"])
     mini = max(v["mini-initramfs"] for v in sizes_of.values())
-    targets = [
+    targets: list[Target] = [
         ("ours at 100 MB <= 0.70x classic zstd", to_zstd.get(100), 0.70,
          f"{to_zstd[100]:.2f}x" if 100 in to_zstd else "not measured"),
         ("crossover with classic zstd <= 35 MB", crossover, 35.0,
@@ -192,20 +165,11 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
               for size, b in sizes_of.items()]
     lines += ["", f"With the bootloader's read of the initramfs file at {LOAD_MB_S} MB/s added "
               "(a model; QEMU's -initrd costs the guest nothing), ms:", "",
-              "| payload MB | " + " | ".join(PATHS) + " |", "|---:|" + "---:|" * len(PATHS)]
-    for size in sizes:
-        lines.append(f"| {size} | " + " | ".join(
-            f"{summary[path][size]['median_ms'] + load_ms(sizes_of[size], path):.0f}"
-            if size in summary.get(path, {}) else "n/a" for path in PATHS) + " |")
+              *loaded_rows(sizes, summary, sizes_of, PATHS)]
     lines += ["", f"Mini-initramfs: {mini:,} bytes as built, {unpacked:,} unpacked. The arm64 "
               f"freeze: {freeze_s:.0f} s in this run (0: reused). The whole run: "
-              f"{run_s / 60:.0f} min.", "",
-              "Our path, step by step (median ms over our boots):", "", "| part | ms |",
-              "|---|---:|"]
-    lines += [f"| {name} | {ms:.0f} |" for name, ms in steps.items()]
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {shown} | {'yes' if v is not None and v <= lim else 'NO'} |"
-              for t, v, lim, shown in targets]
+              f"{run_s / 60:.0f} min."]
+    lines += steps_and_targets(steps, targets)
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     print("\n" + text)
