@@ -51,6 +51,15 @@ def _version(name: str) -> str:
                          "pip install '.[freeze]' in the source checkout") from None
 
 
+def check_host(arch: Arch) -> None:
+    """What a freeze for `arch` needs of this machine, checked before the tree is made: root
+    (mmdebstrap's root mode, the chroot) and qemu-user through binfmt_misc."""
+    if os.geteuid() != 0:
+        raise BuildError(f"a freeze for {arch.name} makes a Debian {arch.name} tree and runs "
+                         "Nuitka in a chroot of it, which needs root", "run it as root")
+    check_emulation(arch)
+
+
 def check_emulation(arch: Arch) -> None:
     """The tree's programs run here only through binfmt_misc's qemu-user entry."""
     entry = BINFMT / f"qemu-{arch.machine}"
@@ -111,11 +120,7 @@ def freeze_in_tree(ui: Ui, arch: Arch, tree: Path, sources: list[Path], out: Pat
                    network: bool) -> Path:
     """initoverlayfs-freeze run by the tree's Python, in a chroot of it in a private mount
     namespace (the binds vanish with it): `sources` (storage_init, initoverlayfs_build) are
-    bound under /src, `out` at /out. Returns the frozen folder in `out`."""
-    check_emulation(arch)
-    if os.geteuid() != 0:
-        raise BuildError(f"a freeze for {arch.name} runs Nuitka in a chroot of a Debian "
-                         f"{arch.name} tree, which needs root", "run it as root")
+    bound under /src, `out` at /out (check_host first). Returns the frozen folder in `out`."""
     binds = [(source, f"src/{source.name}") for source in sources] + [(out, "out")]
     lines = ["set -e"]
     for source, inside in binds:

@@ -396,6 +396,7 @@ def _freeze_foreign(ui: Ui, output: Path, arch: Arch, network: bool) -> Frozen:
     """The freeze run in the cached Debian tree of `arch`, by its Python; the folder then
     names that tree (LIBRARIES_MARK) for the builder."""
     started = time.monotonic()
+    foreign.check_host(arch)
     tree = foreign.make_tree(ui, arch, tree_dir(arch))
     output.parent.mkdir(parents=True, exist_ok=True)
     sources = [Path(storage_init.__file__).parent, Path(__file__).parent]

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from initoverlayfs_build import arch, elf, kmods
+from initoverlayfs_build import arch, elf, foreign, kmods
 from initoverlayfs_build.errors import BuildError
 from initoverlayfs_build.ui import Ui
 
@@ -97,3 +97,20 @@ def test_the_closure_in_a_tree_keeps_the_targets_paths(tmp_path: Path) -> None:
     for library in found:
         assert library.source.is_relative_to(tree), library
     assert next(lib.source for lib in found if lib.path == interp) == moved
+
+
+def test_a_foreign_freeze_says_what_this_machine_lacks_before_making_anything(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(foreign.os, "geteuid", lambda: 1000)
+    with pytest.raises(BuildError, match="needs root"):
+        foreign.check_host(arch.ARM64)
+    monkeypatch.setattr(foreign.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(foreign, "BINFMT", tmp_path)  # no qemu-aarch64 entry there
+    with pytest.raises(BuildError, match="arm64 programs do not run on this machine") as caught:
+        foreign.check_host(arch.ARM64)
+    assert "qemu-user-static" in str(caught.value.hint)
+    (tmp_path / "qemu-aarch64").write_text("disabled\ninterpreter /x\n")
+    with pytest.raises(BuildError, match="is disabled"):
+        foreign.check_host(arch.ARM64)
+    (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /x\n")
+    foreign.check_host(arch.ARM64)
