@@ -101,10 +101,10 @@ def test_the_closure_in_a_tree_keeps_the_targets_paths(tmp_path: Path) -> None:
 
 def test_a_foreign_freeze_says_what_this_machine_lacks_before_making_anything(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(foreign.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
     with pytest.raises(BuildError, match="needs root"):
         foreign.check_host(arch.ARM64)
-    monkeypatch.setattr(foreign.os, "geteuid", lambda: 0)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
     monkeypatch.setattr(foreign, "BINFMT", tmp_path)  # no qemu-aarch64 entry there
     with pytest.raises(BuildError, match="arm64 programs do not run on this machine") as caught:
         foreign.check_host(arch.ARM64)
