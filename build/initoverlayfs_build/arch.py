@@ -4,9 +4,10 @@ kernel's, ELF's), and which one a kernel, or a frozen storage-init, is for."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import kconfig
 from .errors import BuildError
 
 
@@ -48,9 +49,7 @@ def of_elf(head: bytes) -> Arch | None:
     return next((a for a in ARCHES if a.elf_machine == machine), None)
 
 
-def of_kernel_config(text: str) -> Arch | None:
-    """The architecture a kernel was configured for, from its config (/boot/config-KVER)."""
-    for arch in ARCHES:
-        if re.search(rf"^{arch.kconfig}=y$", text, re.M):
-            return arch
-    return None
+def of_kernel_config(config: Path) -> Arch | None:
+    """The architecture a kernel was configured for, from its config (/boot/config-KVER);
+    None when the file is missing or names none."""
+    return next((arch for arch in ARCHES if kconfig.enabled(config, arch.kconfig)), None)

@@ -440,11 +440,7 @@ def kernel_arch(ui: Ui, requested: str | None, config: Path,
     neither tells."""
     if requested:
         return arch.named(requested)
-    try:
-        found = arch.of_kernel_config(config.read_text(errors="replace"))
-    except OSError:
-        found = None
-    return found or kmods.modules_arch(ui, moddir)
+    return arch.of_kernel_config(config) or kmods.modules_arch(ui, moddir)
 
 
 def refuse_foreign(args: argparse.Namespace, with_dracut: bool, cpu: arch.Arch) -> None:

@@ -44,7 +44,7 @@ def content(tmp_path: Path) -> Path:
 def test_the_kernels_cpu_comes_from_its_config_else_its_modules(
         kernel: DebianKernel) -> None:
     config = kernel.root / "boot" / f"config-{kernel.kver}"
-    assert arch.of_kernel_config(config.read_text()) is arch.ARM64
+    assert arch.of_kernel_config(config) is arch.ARM64
     # (Debian 13's modules are .ko.xz: read decompressed)
     assert kmods.modules_arch(UI, kernel.modules) is arch.ARM64
     assert install.kernel_arch(UI, None, config.with_name("none"), kernel.modules) is arch.ARM64

@@ -35,11 +35,15 @@ def test_an_elf_header_says_its_cpu() -> None:
         assert arch.of_elf(f.read(20)) is arch.host()
 
 
-def test_a_kernel_config_says_its_cpu() -> None:
-    assert arch.of_kernel_config("CONFIG_64BIT=y\nCONFIG_ARM64=y\n") is arch.ARM64
-    assert arch.of_kernel_config("CONFIG_X86_64=y\nCONFIG_X86=y\n") is arch.AMD64
-    # only a set symbol counts, not one that is off or merely mentioned
-    assert arch.of_kernel_config("# CONFIG_ARM64 is not set\nCONFIG_ARM64_4K_PAGES=y\n") is None
+def test_a_kernel_config_says_its_cpu(tmp_path: Path) -> None:
+    config = tmp_path / "config-6.1.0-test"
+    assert arch.of_kernel_config(config) is None  # no file to say
+    for text, expected in (("CONFIG_64BIT=y\nCONFIG_ARM64=y\n", arch.ARM64),
+                           ("CONFIG_X86_64=y\nCONFIG_X86=y\n", arch.AMD64),
+                           # only a set symbol counts, not one that is off or merely mentioned
+                           ("# CONFIG_ARM64 is not set\nCONFIG_ARM64_4K_PAGES=y\n", None)):
+        config.write_text(text)
+        assert arch.of_kernel_config(config) is expected, text
 
 
 def test_modules_say_their_cpu_when_the_config_is_missing(tmp_path: Path) -> None:

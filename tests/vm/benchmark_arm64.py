@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,9 +25,10 @@ from initoverlayfs_build.arch import ARM64
 from initoverlayfs_build.freeze import default_frozen, library_root
 from initoverlayfs_build.ui import Ui
 
-from tests.support.debian_kernel import download, fetch_foreign
+from tests.support.debian_kernel import fetch_foreign
 
 from . import images
+from .arm64 import arm64_busybox
 from .benchmark import (
     COMPRESS,
     LOAD_MB_S,
@@ -70,10 +70,7 @@ def main() -> int:
     started = time.monotonic()
     frozen = default_frozen(Ui("benchmark"), arch=ARM64)
     kernel = fetch_foreign("bookworm")
-    busybox_deb = work / "busybox"
-    subprocess.run(["dpkg-deb", "-x", str(download("busybox-static", "bookworm")),
-                    str(busybox_deb)], check=True)
-    busybox = busybox_deb / "bin/busybox"
+    busybox = arm64_busybox(work)
     libdir = library_root(frozen.folder) / "usr/lib" / ARM64.triplet
     files = payload_files(kernel, max(sizes) << 20, libdir)
     built: dict[int, dict[str, Path]] = {}

@@ -100,39 +100,29 @@ class VmSpec:
     arch: str = "amd64"  # or "arm64": QEMU's virt machine with a Cortex-A72, always TCG
 
     def command(self) -> list[str]:
-        if self.arch == "arm64":
-            return self._arm64_command()
-        qemu = shutil.which("qemu-system-x86_64")
-        if qemu is None:
-            raise FileNotFoundError("qemu-system-x86_64 is missing: apt-get install "
-                                    "qemu-system-x86 (scripts/setup does)")
-        accel = (["-accel", "kvm", "-cpu", "host"] if kvm_works() else
-                 ["-accel", "tcg", *(["-cpu", self.cpu] if self.cpu else [])])
+        qemu, machine, console = self._machine()
         direct = [] if self.kernel is None else [
             "-kernel", str(self.kernel), *(["-initrd", str(self.initrd)] if self.initrd else []),
-            "-append", f"console=ttyS0 panic=-1 {self.append}".strip()]
+            "-append", f"console={console} panic=-1 {self.append}".strip()]
         firmware = [] if self.uefi_vars is None else [
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}"]
-        return [qemu, "-machine", "q35", *accel, "-m", str(self.memory_mb), "-smp", "1",
-                *firmware,
+        return [qemu, *machine, "-m", str(self.memory_mb), "-smp", "1", *firmware,
                 "-display", "none", "-serial", "stdio", "-monitor", "none",
                 *([] if self.reboot else ["-no-reboot"]), "-nodefaults", *direct,
                 *self._disk(), *self.devices]
 
-    def _arm64_command(self) -> list[str]:
-        qemu = shutil.which("qemu-system-aarch64")
-        if qemu is None:
-            raise FileNotFoundError("qemu-system-aarch64 is missing: apt-get install "
-                                    "qemu-system-arm (scripts/setup does)")
-        assert self.kernel is not None, "arm64 boots are direct kernel boots"
-        return [qemu, "-machine", "virt", "-accel", "tcg", "-cpu", self.cpu or ARM64_CPU,
-                "-m", str(self.memory_mb), "-smp", "1", "-display", "none",
-                "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nodefaults",
-                "-kernel", str(self.kernel),
-                *(["-initrd", str(self.initrd)] if self.initrd else []),
-                "-append", f"console=ttyAMA0 panic=-1 {self.append}".strip(),
-                *self._disk(), *self.devices]
+    def _machine(self) -> tuple[str, list[str], str]:
+        """QEMU's binary, its machine, accelerator and CPU, and the serial console's name."""
+        if self.arch == "arm64":  # always TCG; booted by -kernel (no firmware here)
+            assert self.kernel is not None and self.uefi_vars is None, "arm64: -kernel only"
+            return (_binary("qemu-system-aarch64", "qemu-system-arm"),
+                    ["-machine", "virt", "-accel", "tcg", "-cpu", self.cpu or ARM64_CPU],
+                    "ttyAMA0")
+        accel = (["-accel", "kvm", "-cpu", "host"] if kvm_works() else
+                 ["-accel", "tcg", *(["-cpu", self.cpu] if self.cpu else [])])
+        return (_binary("qemu-system-x86_64", "qemu-system-x86"),
+                ["-machine", "q35", *accel], "ttyS0")
 
     def _disk(self) -> list[str]:
         if self.disk is None:
@@ -146,6 +136,14 @@ class VmSpec:
                     "-qmp", f"unix:{self.qmp},server=on,wait=off"]
         table = INTERFACES_ARM64 if self.arch == "arm64" else INTERFACES
         return [*drive, *table[self.interface]]
+
+
+def _binary(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is missing: apt-get install {package} "
+                                "(scripts/setup does)")
+    return found
 
 
 @dataclass
