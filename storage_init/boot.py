@@ -147,6 +147,8 @@ class Boot:
             "image_bytes": size,  # the device's size: the EROFS data, without a hash tree
             "image": self.settings.image if self.settings else None,
             "modules_loaded": list(self.loader.loaded) if self.loader else [],
+            "module_load_ms": {name: round(ms, 3) for name, ms in self.loader.load_ms.items()}
+            if self.loader else {},
             "python_modules_at_start": sorted(self.modules_at_start),
             # and what the steps imported after it (pyudev, in the trigger step)
             "python_modules_later": sorted(set(sys.modules) - set(self.modules_at_start)),

@@ -87,6 +87,7 @@ class FakeKernel:
     release: str = "6.1.0-test"
     machine: str = "x86_64"
     now: float = 0.0
+    module_load_s: float = 0.0  # how far each finit_module moves the clock
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     mounted: list[tuple[str, str]] = field(default_factory=list)  # (source, target)
     written: dict[str, list[bytes]] = field(default_factory=dict)
@@ -293,6 +294,7 @@ class FakeKernel:
         self.calls.append(("finit_module", path, flags))
         self.module_params[path] = params
         self._raise_if_planned("finit_module", path)
+        self.now += self.module_load_s  # what the kernel's load takes (signature check, init)
         for made in self.made_by_module.pop(path.rsplit("/", 1)[-1], []):
             self.events.append(Event(self.now, made.fields, made.then))
 

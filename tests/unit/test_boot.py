@@ -97,6 +97,15 @@ def test_happy_path_writes_timings_and_one_summary_line(machine: Machine) -> Non
     assert len(summaries) == 1 and "wait-bootfs 30.0" in summaries[0]
 
 
+def test_timings_give_each_module_its_load_time(machine: Machine) -> None:
+    machine.k.module_load_s = 0.004
+    machine.boot()
+    timings = json.loads(machine.k.written["/run/initoverlayfs/timings.json"][-1])
+    load_ms = timings["module_load_ms"]
+    assert list(load_ms) == timings["modules_loaded"] and "virtio_blk" in load_ms
+    assert all(ms == pytest.approx(4.0) for ms in load_ms.values())
+
+
 def test_loop_is_loaded_to_create_no_devices_up_front(machine: Machine) -> None:
     machine.boot()
     params = machine.k.module_params
