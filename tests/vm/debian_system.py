@@ -21,6 +21,8 @@ from .images import content_tree
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "debian-system"
+# the last run's medians and ratios to dracut, which scripts/benchmark's goals table shows
+COMPARISON = CACHE / "comparison.json"
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 # debootstrap's resolver would pick initramfs-tools for the kernel, so dracut and the
