@@ -40,7 +40,7 @@ from initoverlayfs_build.ui import Ui
 from storage_init.config import image_name
 from tests.support.debian_kernel import DebianKernel, fetch
 
-from . import c_original, images
+from . import c_original, debian_system, images
 from .qemu import ICOUNT, VmSpec, boot, kvm_works
 
 HERE = Path(__file__).resolve().parent
@@ -208,7 +208,13 @@ def main() -> int:
                         help="QEMU's CPU model under TCG, e.g. max (default: QEMU's qemu64, "
                              "which has no SSSE3, AVX or AVX2: the kernel then hashes with its "
                              "generic C code, where a real CPU has accelerated hashes)")
+    parser.add_argument("--smp", type=int, default=1, metavar="N",
+                        help="virtual CPUs (default 1); not with --icount, under which QEMU "
+                             "runs the CPUs in turn on one thread, counts their instructions "
+                             "together, and (QEMU 7.2) hangs bringing up the second one")
     args = parser.parse_args()
+    if args.smp < 1 or (args.icount and args.smp > 1):
+        parser.error("--smp takes 1 or more, and only 1 with --icount (see --help)")
     sizes = [int(s) for s in args.sizes.split(",")]
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)
@@ -266,12 +272,12 @@ def main() -> int:
     def spec(size: int, path: str) -> VmSpec:
         return VmSpec(kernel.vmlinuz, built[size][path], built[size]["disk"], "virtio-blk",
                       APPEND + EXTRA_APPEND.get(path, ""), memory_mb=MEMORY_MB, timeout=600,
-                      cpu=args.cpu, devices=ICOUNT if args.icount else ())
+                      cpu=args.cpu, devices=ICOUNT if args.icount else (), smp=args.smp)
 
     samples = boot_interleaved(out, sizes, PATHS, args.boots, spec)
     assert original is not None
     report(out, sizes, samples, image_bytes, payload_bytes, kernel.kver, unpacked, original,
-           args.icount, args.cpu)
+           args.icount, args.cpu, args.smp)
     return 0 if all(s.init_s is not None for s in samples) else 1
 
 
@@ -394,10 +400,156 @@ def steps_and_targets(steps: dict[str, float], targets: list[Target]) -> list[st
               for t, v, lim, shown in targets)]
 
 
+def module_load_ms(samples: list[Sample], wanted: Callable[[str], bool]) -> float | None:
+    """Median over boots of the summed load times (storage-init's module_load_ms) of the
+    modules `wanted` picks; None when the boots did not record them."""
+    sums = [sum(float(ms) for name, ms in loads.items() if wanted(name))
+            for s in samples if s.timings is not None
+            and isinstance(loads := s.timings.get("module_load_ms"), dict)]
+    return statistics.median(sums) if sums else None
+
+
+def loaded_crossing(summary: dict[str, dict[int, dict[str, float]]],
+                    files_of: dict[int, dict[str, int]], payload_bytes: dict[int, int],
+                    other: str, ours_at: float | None = None) -> float | None:
+    """The payload (MB) where ours and `other` take as long with the bootloader's read of
+    each one's initramfs file added; `ours_at` puts ours at that flat time instead (a bound)."""
+    def line(path: str) -> tuple[float, float]:
+        return fit([(payload_bytes[size] / (1 << 20),
+                     v["median_ms"] + load_ms(files_of[size], path))
+                    for size, v in summary.get(path, {}).items()])
+
+    if len(summary.get(other, {})) < 2 or len(summary.get("ours", {})) < 2:
+        return None
+    (m_c, b_c), (m_o, b_o) = line(other), line("ours")
+    if ours_at is not None:
+        m_o, b_o = 0.0, ours_at + load_ms(next(iter(files_of.values())), "ours")
+    return (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
+
+
+def systemd_ratio() -> tuple[float | None, str]:
+    """systemd mode / Debian's dracut to multi-user.target, from the Debian system test's
+    last run (tests/vm/test_debian_system.py), and where it comes from."""
+    try:
+        figures = json.loads(debian_system.COMPARISON.read_text())
+        ratio = float(figures["ratio_to_dracut"]["systemd"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, ("not measured: run tests/vm/test_debian_system.py, which writes "
+                      f"{debian_system.COMPARISON.relative_to(REPO)}")
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(debian_system.COMPARISON.stat().st_mtime))
+    return ratio, (f"{ratio:.2f}x (tests/vm/test_debian_system.py, {when} UTC, "
+                   f"kernel {figures.get('kernel')}, {figures.get('boots')} boots a way)")
+
+
+@dataclass(frozen=True)
+class Goals:
+    """The start-up goals (ratios in one run, by instructions) and, for each, the bound set
+    by the parts storage-init's own code does not choose."""
+
+    targets: list[Target]
+    lines: list[str]
+    figures: dict[str, object]
+
+
+def goals(samples: list[Sample], summary: dict[str, dict[int, dict[str, float]]],
+          files_of: dict[int, dict[str, int]], payload_bytes: dict[int, int],
+          wrapper_modules: tuple[str, ...], systemd: tuple[float | None, str]) -> Goals:
+    """`systemd`: systemd_ratio(), which this benchmark does not measure itself."""
+    ours = [s for s in samples if s.path == "ours"]
+    steps = breakdown(ours)
+    unverified = breakdown([s for s in samples if s.path == "ours-unverified"])
+    span = {path: exec_to_init(samples, path)
+            for path in ("c-original", "ours-unverified", "ours")}
+    ratio_span = (span["ours-unverified"] / span["c-original"]
+                  if span["ours-unverified"] and span["c-original"] else None)
+
+    def at_100(path: str) -> float | None:
+        return summary.get(path, {}).get(100, {}).get("median_ms")
+
+    ours_100, original_100, zstd_100 = at_100("ours"), at_100("c-original"), at_100("classic-zstd")
+    to_original = ours_100 / original_100 if ours_100 and original_100 else None
+    to_zstd = ours_100 / zstd_100 if ours_100 and zstd_100 else None
+    lz4_cross = loaded_crossing(summary, files_of, payload_bytes, "classic-lz4")
+    systemd_value, systemd_shown = systemd
+
+    def x(value: float | None) -> str:
+        return f"{value:.2f}x" if value is not None else "not measured"
+
+    targets: list[Target] = [
+        ("storage-init's span (exec of /init to init running), ours-unverified / the C "
+         "original", ratio_span, 1.00, x(ratio_span) + (
+             f" ({span['ours-unverified']:.0f} / {span['c-original']:.0f} ms)"
+             if ratio_span else "")),
+        ("time to init at 100 MB, ours / the C original", to_original, 1.05, x(to_original)),
+        ("time to init at 100 MB, ours / classic zstd", to_zstd, 0.60, x(to_zstd)),
+        (f"crossover with classic lz4, the bootloader's read at {LOAD_MB_S} MB/s added",
+         lz4_cross, 30.0, f"{lz4_cross:.1f} MB" if lz4_cross is not None else "no crossover"),
+        ("systemd mode / Debian's dracut, to multi-user.target", systemd_value, 0.90,
+         systemd_shown),
+    ]
+    # The bound: what ours takes with storage-init's own work (its steps' Python, the trigger,
+    # the mounts and the switch) at zero, leaving the kernel's start and unpack, the runtime's
+    # start, the kernel's module loads and init's exec (its pages read through the image).
+    python = steps.get("exec of /init to storage-init's first step (loading, imports)")
+    shared = module_load_ms(ours, lambda name: name in wrapper_modules)
+    every = module_load_ms(ours, lambda name: True)
+    exec_verified = steps.get("exec of init (from storage-init's last step to init running)")
+    exec_unverified = unverified.get(
+        "exec of init (from storage-init's last step to init running)")
+    kernel, unpack = (steps.get("kernel start to /init (unpack excluded)"),
+                      steps.get("kernel unpacks the mini-initramfs"))
+    figures: dict[str, object] = {"span_ms": span, "module_loads_shared_ms": shared,
+                                  "module_loads_ms": every}
+    lines: list[str] = []
+    parts = (python, shared, every, exec_verified, exec_unverified, kernel, unpack)
+    if all(v is not None for v in parts) and span["c-original"] and ours_100:
+        assert python is not None and shared is not None and every is not None
+        assert exec_verified is not None and exec_unverified is not None
+        assert kernel is not None and unpack is not None
+        span_floor = python + shared + exec_unverified
+        floor = kernel + unpack + python + every + exec_verified
+        bounds = {"span": span_floor / span["c-original"],
+                  "c-original": floor / original_100 if original_100 else None,
+                  "classic-zstd": floor / zstd_100 if zstd_100 else None,
+                  "lz4-crossover": loaded_crossing(summary, files_of, payload_bytes,
+                                                   "classic-lz4", ours_at=floor)}
+        figures.update({"span_floor_ms": span_floor, "floor_ms": floor, "bounds": bounds})
+        lines = [
+            "", "What bounds the goals: ours with storage-init's own work at zero (its "
+            "steps' Python, the trigger, the mounts, the switch), keeping what it does not "
+            "choose: the kernel's start and unpack, the runtime's start, the kernel's loads "
+            "of the modules and init's exec (its pages read through the image):", "",
+            "| part (median ms over our boots) | ms |", "|---|---:|",
+            f"| exec of /init to the first step (loader, Python, imports) | {python:.0f} |",
+            f"| module loads the C original's wrapper makes too ({len(wrapper_modules)}: "
+            f"the kernel reads, hashes twice, checks the signature, relocates, inits) "
+            f"| {shared:.0f} |",
+            f"| all our module loads (with device-mapper's for verity) | {every:.0f} |",
+            f"| exec of init unverified / verified | {exec_unverified:.0f} / "
+            f"{exec_verified:.0f} |",
+            f"| kernel start to /init, unpack of the mini-initramfs | {kernel:.0f}, "
+            f"{unpack:.0f} |",
+            "", f"- span, unverified: at least {span_floor:.0f} ms against the C original's "
+            f"{span['c-original']:.0f}: ratio >= {bounds['span']:.2f}",
+            f"- time to init at 100 MB, verified: at least {floor:.0f} ms: >= "
+            + (f"{bounds['c-original']:.2f}x the C original" if bounds["c-original"] else "?")
+            + ", >= " + (f"{bounds['classic-zstd']:.2f}x classic zstd"
+                         if bounds["classic-zstd"] else "?")
+            + "; crossover with classic lz4 (read added) >= "
+            + (f"{bounds['lz4-crossover']:.1f} MB" if bounds["lz4-crossover"] is not None
+               else "none")]
+    lines = ["", "Goals (ratios in one run; by instructions with --icount):", "",
+             "| goal | measured | target | met |", "|---|---|---:|---|",
+             *(f"| {t} | {shown} | {f'{lim:g} MB' if 'crossover' in t else f'{lim:.2f}x'} | "
+               f"{'yes' if v is not None and v <= lim else 'NO'} |"
+               for t, v, lim, shown in targets), *lines]
+    return Goals(targets, lines, figures)
+
+
 def report(out: Path, sizes: list[int], samples: list[Sample],
            image_bytes: dict[int, dict[str, int]], payload_bytes: dict[int, int],
            kver: str, unpacked: dict[str, int], original: c_original.Built,
-           icount: bool = False, cpu: str | None = None) -> None:
+           icount: bool = False, cpu: str | None = None, smp: int = 1) -> None:
     lines_of = curves(samples, sizes, payload_bytes, PATHS)
     summary = lines_of.summary
     slopes = {path: lines_of.fits[path][0] * 100 for path in PATHS}  # ms per 100 MB
@@ -423,17 +575,12 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
     def shown_ms(value: float | None) -> str:
         return f"{value:.0f} ms" if value is not None else "not measured"
 
+    # the start-up issue's goals that stand; its ratios and crossovers are restated in goals()
     targets: list[Target] = [
-        ("ours at 100 MB <= 0.70x classic zstd", ratios.get(100), 0.70,
-         f"{ratios[100]:.2f}x" if 100 in ratios else "not measured"),
         ("our slope <= 5% of classic zstd's", slopes["ours"] / slopes["classic-zstd"]
          if slopes["classic-zstd"] else None, 0.05,
          f"{100 * slopes['ours'] / slopes['classic-zstd']:.1f}%"
          if slopes["classic-zstd"] else "n/a"),
-        ("ours beats classic zstd from 15 MB", crossover, 15.0,
-         f"crossover at {crossover:.1f} MB" if crossover is not None else "no crossover"),
-        ("ours at 100 MB <= 0.90x the C original", to_original.get(100), 0.90,
-         f"{to_original[100]:.2f}x" if 100 in to_original else "not measured"),
         ("mini-initramfs <= 4 MB compressed with zstd", mini_zstd / 1e6, 4.0,
          f"{mini_zstd / 1e6:.2f} MB (as built: {mini / 1e6:.2f} MB)"),
         ("mini-initramfs <= 8 MB unpacked", unpacked["ours"] / 1e6, 8.0,
@@ -442,9 +589,13 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
         ("exec of /init to the first step <= 300 ms", first_step, 300.0, shown_ms(first_step)),
         ("storage-init's own steps <= 500 ms", own_steps, 500.0, shown_ms(own_steps)),
     ]
+    goals_run = goals(samples, summary, image_bytes, payload_bytes, original.modules,
+                      systemd_ratio())
     clock = "KVM" if kvm_works() else "TCG"
     if cpu and clock == "TCG":
         clock += f" -cpu {cpu}"
+    if smp > 1:
+        clock += f" -smp {smp}"
     if icount:
         clock += " -icount shift=0"
     accelerator = clock + (" (CPU time = guest instructions, 1 ns each)" if icount else "")
@@ -463,6 +614,9 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
                        "modules_loaded_by_wrapper": list(original.modules)},
         "targets": [{"target": t, "value": v, "limit": lim, "shown": shown,
                      "met": v is not None and v <= lim} for t, v, lim, shown in targets],
+        "goals": [{"goal": t, "value": v, "limit": lim, "shown": shown,
+                   "met": v is not None and v <= lim} for t, v, lim, shown in goals_run.targets],
+        "goal_bounds": goals_run.figures,
         "samples": [s.__dict__ for s in samples],
     }
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
@@ -514,6 +668,7 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
               + f"). C original: {c_original.UPSTREAM} at "
               + original.commit[:12] + "."]
     lines += steps_and_targets(steps, targets)
+    lines += goals_run.lines
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     print("\n" + text)

@@ -98,6 +98,7 @@ class VmSpec:
     # the boot may change (make one with uefi_vars())
     uefi_vars: Path | None = None
     arch: str = "amd64"  # or "arm64": QEMU's virt machine with a Cortex-A72, always TCG
+    smp: int = 1  # virtual CPUs
 
     def command(self) -> list[str]:
         qemu, machine, console = self._machine()
@@ -107,7 +108,7 @@ class VmSpec:
         firmware = [] if self.uefi_vars is None else [
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}"]
-        return [qemu, *machine, "-m", str(self.memory_mb), "-smp", "1", *firmware,
+        return [qemu, *machine, "-m", str(self.memory_mb), "-smp", str(self.smp), *firmware,
                 "-display", "none", "-serial", "stdio", "-monitor", "none",
                 *([] if self.reboot else ["-no-reboot"]), "-nodefaults", *direct,
                 *self._disk(), *self.devices]
