@@ -87,6 +87,10 @@ def test_default_timings_name_every_step(boots: dict[str, BootResult]) -> None:
     assert str(timings["image_device"]).startswith("/dev/dm-"), timings
     assert {"dm_mod", "dm_bufio", "dm_verity"} <= set(timings["modules_loaded"])  # type: ignore[call-overload]
     assert "virtio_blk" in timings["modules_loaded"]  # type: ignore[operator]
+    # each load's time: the kernel's signature check alone is milliseconds on QEMU
+    loads = timings["module_load_ms"]
+    assert isinstance(loads, dict) and list(loads) == timings["modules_loaded"], timings
+    assert all(0.1 < ms < 5000 for ms in loads.values()), loads
     # the image was read, lazily: some of it (the superblock, the root, init), never all of it
     read, size = timings["image_read_bytes"], timings["image_bytes"]
     assert isinstance(read, int) and isinstance(size, int), timings
