@@ -5,7 +5,7 @@ every variant alike). Prints each variant's breakdown (medians), and for two var
 paired differences per round: under TCG one boot varies by a second, and a change shows in how
 many of the pairs it is lower, not in one median.
 
-    scripts/ab FOLDER_A FOLDER_B [--rounds 10] [--size 0]
+    scripts/ab FOLDER_A FOLDER_B [--rounds 10] [--size 0] [--icount] [--cpu MODEL] [--smp N]
 
 A folder is what initoverlayfs-freeze makes (`.cache/storage-init`, or `--output DIR`); freeze
 another commit from a `git worktree` to compare it with this one.
@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                              "translation")
     parser.add_argument("--cpu", metavar="MODEL",
                         help="QEMU's CPU model under TCG, e.g. max (default: qemu64)")
+    parser.add_argument("--smp", type=int, default=1, metavar="N",
+                        help="virtual CPUs (default 1; only 1 with --icount, see "
+                             "scripts/benchmark --help)")
     args = parser.parse_args(argv)
+    if args.smp < 1 or (args.icount and args.smp > 1):
+        parser.error("--smp takes 1 or more, and only 1 with --icount")
     missing = [f for f in args.folders if not (f / "storage-init").is_file()]
     if missing:
         parser.error(f"no storage-init in {', '.join(map(str, missing))}")
@@ -69,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 initramfs, disk_path = built[i]
                 run = boot(VmSpec(kernel.vmlinuz, initramfs, disk_path, "virtio-blk",
                                   benchmark.APPEND, memory_mb=benchmark.MEMORY_MB, timeout=600,
-                                  cpu=args.cpu, devices=ICOUNT if args.icount else ()))
+                                  cpu=args.cpu, devices=ICOUNT if args.icount else (),
+                                  smp=args.smp))
                 init_s, timings, dmesg = benchmark.parse(run.console)
                 if init_s is None:
                     print(run.describe()[-3000:], file=sys.stderr)
