@@ -39,8 +39,8 @@ def run(systemd: tuple[float | None, str] = (None, "not measured")) -> benchmark
              "c-original": {0: 1.7, 100: 1.7}, "ours": {0: 1.9, 100: 1.9},
              "ours-unverified": {0: 1.8, 100: 1.8}}
     samples = [boot(path, size, t) for path, by in times.items() for size, t in by.items()]
-    summary = benchmark.curves(samples, [0, 100], PAYLOAD, benchmark.PATHS).summary
-    return benchmark.goals(samples, summary, FILES, PAYLOAD, WRAPPER, systemd)
+    lines_of = benchmark.curves(samples, [0, 100], PAYLOAD, benchmark.PATHS)
+    return benchmark.goals(samples, lines_of, FILES, PAYLOAD, WRAPPER, systemd)
 
 
 def test_each_goal_is_its_ratio_and_says_whether_it_is_met() -> None:

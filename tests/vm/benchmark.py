@@ -360,6 +360,28 @@ class Curves:
         return {size: ours[size]["median_ms"] / theirs[size]["median_ms"]
                 for size in ours if size in theirs}
 
+    def with_reads(self, files_of: dict[int, dict[str, int]],
+                   payload_bytes: dict[int, int]) -> Curves:
+        """The same with the bootloader's read of each path's initramfs file added."""
+        summary = read_added(self.summary, files_of)
+        return Curves(summary, fits(summary, payload_bytes))
+
+
+def read_added(summary: dict[str, dict[int, dict[str, float]]],
+               files_of: dict[int, dict[str, int]]) -> dict[str, dict[int, dict[str, float]]]:
+    """Each path's medians with the bootloader's read of its initramfs file added."""
+    return {path: {size: {"median_ms": v["median_ms"] + load_ms(files_of[size], path)}
+                   for size, v in by_size.items()}
+            for path, by_size in summary.items()}
+
+
+def fits(summary: dict[str, dict[int, dict[str, float]]],
+         payload_bytes: dict[int, int]) -> dict[str, tuple[float, float]]:
+    """Each path's least squares line through its medians, ms against MB of payload."""
+    return {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
+                       for size, v in by_size.items()])
+            for path, by_size in summary.items()}
+
 
 def curves(samples: list[Sample], sizes: list[int], payload_bytes: dict[int, int],
            paths: tuple[str, ...]) -> Curves:
@@ -372,19 +394,18 @@ def curves(samples: list[Sample], sizes: list[int], payload_bytes: dict[int, int
                 summary.setdefault(path, {})[size] = {
                     "median_ms": statistics.median(times), "min_ms": min(times),
                     "max_ms": max(times), "boots": len(times)}
-    return Curves(summary, {path: fit([(payload_bytes[size] / (1 << 20), v["median_ms"])
-                                       for size, v in summary.get(path, {}).items()])
-                            for path in paths})
+    return Curves(summary, fits(summary, payload_bytes))
 
 
 def loaded_rows(sizes: list[int], summary: dict[str, dict[int, dict[str, float]]],
                 files_of: dict[int, dict[str, int]], paths: tuple[str, ...]) -> list[str]:
     """A table of each path's median with the bootloader's read of its initramfs file."""
+    read = read_added(summary, files_of)
     rows = ["| payload MB | " + " | ".join(paths) + " |", "|---:|" + "---:|" * len(paths)]
     for size in sizes:
         rows.append(f"| {size} | " + " | ".join(
-            f"{summary[path][size]['median_ms'] + load_ms(files_of[size], path):.0f}"
-            if size in summary.get(path, {}) else "n/a" for path in paths) + " |")
+            f"{read[path][size]['median_ms']:.0f}" if size in read.get(path, {}) else "n/a"
+            for path in paths) + " |")
     return rows
 
 
@@ -409,24 +430,6 @@ def module_load_ms(samples: list[Sample], wanted: Callable[[str], bool]) -> floa
     return statistics.median(sums) if sums else None
 
 
-def loaded_crossing(summary: dict[str, dict[int, dict[str, float]]],
-                    files_of: dict[int, dict[str, int]], payload_bytes: dict[int, int],
-                    other: str, ours_at: float | None = None) -> float | None:
-    """The payload (MB) where ours and `other` take as long with the bootloader's read of
-    each one's initramfs file added; `ours_at` puts ours at that flat time instead (a bound)."""
-    def line(path: str) -> tuple[float, float]:
-        return fit([(payload_bytes[size] / (1 << 20),
-                     v["median_ms"] + load_ms(files_of[size], path))
-                    for size, v in summary.get(path, {}).items()])
-
-    if len(summary.get(other, {})) < 2 or len(summary.get("ours", {})) < 2:
-        return None
-    (m_c, b_c), (m_o, b_o) = line(other), line("ours")
-    if ours_at is not None:  # flat, with its file's read (the same file at every size)
-        m_o, b_o = 0.0, ours_at + load_ms(next(iter(files_of.values())), "ours")
-    return (b_o - b_c) / (m_c - m_o) if m_c != m_o else None
-
-
 def systemd_ratio() -> tuple[float | None, str]:
     """systemd mode / Debian's dracut to multi-user.target, from the Debian system test's
     last run (tests/vm/test_debian_system.py), and where it comes from."""
@@ -435,7 +438,7 @@ def systemd_ratio() -> tuple[float | None, str]:
         ratio = float(figures["ratio_to_dracut"]["systemd"])
     except (OSError, ValueError, KeyError, TypeError):
         return None, ("not measured: run tests/vm/test_debian_system.py, which writes "
-                      f"{debian_system.COMPARISON.relative_to(REPO)}")
+                      f"{debian_system.COMPARISON}")
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(debian_system.COMPARISON.stat().st_mtime))
     return ratio, (f"{ratio:.2f}x (tests/vm/test_debian_system.py, {when} UTC, "
                    f"kernel {figures.get('kernel')}, {figures.get('boots')} boots a way)")
@@ -458,9 +461,9 @@ class Goals:
     figures: dict[str, object]
 
 
-def goals(samples: list[Sample], summary: dict[str, dict[int, dict[str, float]]],
-          files_of: dict[int, dict[str, int]], payload_bytes: dict[int, int],
-          wrapper_modules: tuple[str, ...], systemd: tuple[float | None, str]) -> Goals:
+def goals(samples: list[Sample], lines_of: Curves, files_of: dict[int, dict[str, int]],
+          payload_bytes: dict[int, int], wrapper_modules: tuple[str, ...],
+          systemd: tuple[float | None, str]) -> Goals:
     """`systemd`: systemd_ratio(), which this benchmark does not measure itself."""
     ours = [s for s in samples if s.path == "ours"]
     steps = breakdown(ours)
@@ -471,12 +474,15 @@ def goals(samples: list[Sample], summary: dict[str, dict[int, dict[str, float]]]
                   if span["ours-unverified"] and span["c-original"] else None)
 
     def at_100(path: str) -> float | None:
-        return summary.get(path, {}).get(100, {}).get("median_ms")
+        return lines_of.summary.get(path, {}).get(100, {}).get("median_ms")
 
-    ours_100, original_100, zstd_100 = at_100("ours"), at_100("c-original"), at_100("classic-zstd")
-    to_original = ours_100 / original_100 if ours_100 and original_100 else None
-    to_zstd = ours_100 / zstd_100 if ours_100 and zstd_100 else None
-    lz4_cross = loaded_crossing(summary, files_of, payload_bytes, "classic-lz4")
+    original_100, zstd_100 = at_100("c-original"), at_100("classic-zstd")
+    to_original = lines_of.ratio_to("c-original").get(100)
+    to_zstd = lines_of.ratio_to("classic-zstd").get(100)
+    read = lines_of.with_reads(files_of, payload_bytes)
+    # a crossing needs both lines, each through two sizes or more
+    lz4_cross = read.crossing("classic-lz4") if all(
+        len(read.summary.get(path, {})) > 1 for path in ("ours", "classic-lz4")) else None
     systemd_value, systemd_shown = systemd
 
     def x(value: float | None) -> str:
@@ -513,7 +519,7 @@ def goals(samples: list[Sample], summary: dict[str, dict[int, dict[str, float]]]
                                   "module_loads_ms": every}
     lines: list[str] = []
     parts = (python, shared, every, exec_verified, exec_unverified, kernel, unpack)
-    if all(v is not None for v in parts) and span["c-original"] and ours_100:
+    if all(v is not None for v in parts) and span["c-original"]:
         assert python is not None and shared is not None and every is not None
         assert exec_verified is not None and exec_unverified is not None
         assert kernel is not None and unpack is not None
@@ -522,8 +528,10 @@ def goals(samples: list[Sample], summary: dict[str, dict[int, dict[str, float]]]
         bounds = {"span": span_floor / span["c-original"],
                   "c-original": floor / original_100 if original_100 else None,
                   "classic-zstd": floor / zstd_100 if zstd_100 else None,
-                  "lz4-crossover": loaded_crossing(summary, files_of, payload_bytes,
-                                                   "classic-lz4", ours_at=floor)}
+                  # ours flat at the bound, with its file's read (the same file at any size)
+                  "lz4-crossover": None if lz4_cross is None else Curves(read.summary, {
+                      **read.fits, "ours": (0.0, floor + load_ms(next(iter(files_of.values())),
+                                                                 "ours"))}).crossing("classic-lz4")}
         figures.update({"span_floor_ms": span_floor, "floor_ms": floor, "bounds": bounds})
         lines = [
             "", "What bounds the goals: ours with storage-init's own work at zero (its "
@@ -603,7 +611,7 @@ def report(out: Path, sizes: list[int], samples: list[Sample],
         ("exec of /init to the first step <= 300 ms", first_step, 300.0, shown_ms(first_step)),
         ("storage-init's own steps <= 500 ms", own_steps, 500.0, shown_ms(own_steps)),
     ]
-    goals_run = goals(samples, summary, image_bytes, payload_bytes, original.modules,
+    goals_run = goals(samples, lines_of, image_bytes, payload_bytes, original.modules,
                       systemd_ratio())
     clock = "KVM" if kvm_works() else "TCG"
     if cpu and clock == "TCG":
