@@ -129,8 +129,9 @@ def write_comparison(system: System, results: dict[str, list[BootResult]]) -> No
         rows.append(f"| {mode} | {system.images[mode].stat().st_size:,} | {cell} | "
                     f"{median('kernel')} | {median('initrd')} | {median('userspace')} | "
                     f"{len(reached)}/{len(runs)} |")
-    ratios = [f"{mode}/dracut {medians[mode] / medians['dracut']:.2f}"
-              for mode in ("rdinit", "systemd") if mode in medians and "dracut" in medians]
+    to_dracut = {mode: medians[mode] / medians["dracut"] for mode in ("rdinit", "systemd")
+                 if mode in medians and "dracut" in medians}
+    ratios = [f"{mode}/dracut {ratio:.2f}" for mode, ratio in to_dracut.items()]
     text = (f"Debian 12, kernel {system.kver}, QEMU TCG {' '.join(CLOCK)} (guest time: 1 ns "
             f"per instruction), {ROUNDS} interleaved boots of each way, same disk (a snapshot "
             "per boot); systemd-analyze's phases as medians\n\n"
@@ -140,9 +141,7 @@ def write_comparison(system: System, results: dict[str, list[BootResult]]) -> No
     # for scripts/benchmark's goals table (the systemd-mode goal is measured here, not there)
     debian_system.COMPARISON.write_text(json.dumps({
         "kernel": system.kver, "clock": " ".join(CLOCK), "boots": ROUNDS,
-        "multi_user_median_s": medians,
-        "ratio_to_dracut": {mode: medians[mode] / medians["dracut"] for mode in medians
-                            if mode != "dracut" and "dracut" in medians}}, indent=1) + "\n")
+        "multi_user_median_s": medians, "ratio_to_dracut": to_dracut}, indent=1) + "\n")
     for mode, runs in results.items():  # to read after the run, whatever the outcome
         for i, run in enumerate(runs):
             (debian_system.CACHE / f"console-{mode}-{i + 1}.txt").write_text(run.console)
