@@ -71,7 +71,7 @@ def _ifindex(kernel: KernelApi, sysfs: str, name: str) -> int | None:
 
 
 def wait_interface(kernel: KernelApi, log: Log, loader: Loader, uevents: _socket.socket,
-                   name: str, sysfs: str, deadline: float, load_drivers: bool,
+                   name: str, sysfs: str, deadline: float,
                    retrigger: Callable[[], None]) -> int:
     """The interface's index, once it exists; NIC drivers are loaded as their devices appear."""
     started = kernel.monotonic()
@@ -91,7 +91,7 @@ def wait_interface(kernel: KernelApi, log: Log, loader: Loader, uevents: _socket
             retrigger()
             continue
         event = parse_uevent(message or b"")
-        if load_drivers and event.get("ACTION") == "add" and "MODALIAS" in event:
+        if event.get("ACTION") == "add" and "MODALIAS" in event:
             loader.load_modalias(event["MODALIAS"])
     log.info(f"interface {name} is there (index {index}) after "
              f"{kernel.monotonic() - started:.3f} s")

@@ -13,7 +13,7 @@ import os
 import stat
 
 from . import TYPE_CHECKING, loop, switchroot, udev, verity, veritydev
-from .boot import BOTH, RDINIT, SYSTEMD, Boot, Step
+from .boot import BOTH, RDINIT, Boot, Step
 from .cmdline import flag, parse_cmdline
 from .config import Config, ConfigError, default_subsystems, parse_config
 from .devices import Finder
@@ -116,19 +116,16 @@ def trigger(boot: Boot) -> None:
     s = boot.need_settings()
     with failing("open the kernel uevent socket", "that the kernel has CONFIG_NET"):
         boot.uevents = boot.kernel.uevent_open()
-    if boot.mode == SYSTEMD:
-        # systemd-udev-trigger.service (ordered before us) did the coldplug, and udevd loads
-        # the drivers: triggering again would only make udevd process every device twice.
-        boot.log.info("systemd-udev-trigger did the coldplug; listening for uevents only")
-        return
+    # Both modes: the mini-initramfs of systemd mode has no udevd either. udevd's coldplug
+    # there processed every device of the machine and loaded every storage driver at once,
+    # on the CPU storage-init needed, for a udevd that the initrd in the image starts afresh.
     count = udev.trigger(boot.kernel, boot.log, s.subsystems, boot.paths.sysfs)
     boot.log.info(f"triggered {count} devices in {', '.join(s.subsystems)}")
 
 
 def _retrigger(boot: Boot) -> None:
-    """After lost uevents; in --systemd mode udevd saw them, a rescan is enough."""
-    if boot.mode == RDINIT:
-        udev.trigger(boot.kernel, boot.log, boot.need_settings().subsystems, boot.paths.sysfs)
+    """After lost uevents: the kernel sends them again."""
+    udev.trigger(boot.kernel, boot.log, boot.need_settings().subsystems, boot.paths.sysfs)
 
 
 def bring_up_network(boot: Boot) -> None:
@@ -142,14 +139,13 @@ def bring_up_network(boot: Boot) -> None:
     deadline = boot.kernel.monotonic() + s.timeout
     index = network.wait_interface(boot.kernel, boot.log, boot.loader, boot.uevents,
                                    s.network.interface, boot.paths.sysfs, deadline,
-                                   boot.mode == RDINIT, lambda: _retrigger(boot))
+                                   lambda: _retrigger(boot))
     network.bring_up(boot.kernel, boot.log, s.network, index, deadline)
 
 
 def wait_bootfs(boot: Boot) -> None:
     s = boot.need_settings()
     assert boot.loader is not None and boot.uevents is not None
-    rdinit = boot.mode == RDINIT
     target = s.bootfs.nbd
     if target is not None:
         from . import network
@@ -163,10 +159,8 @@ def wait_bootfs(boot: Boot) -> None:
         boot.uevents.close()
         boot.uevents = None
         return
-    # In --systemd mode udevd loads the drivers for each uevent's MODALIAS; resolving them
-    # here too would be the same work twice, on every device of the coldplug.
     finder = Finder(boot.kernel, boot.log, boot.loader, s.bootfs, boot.paths.sysfs,
-                    boot.paths.dev, load_drivers=rdinit)
+                    boot.paths.dev)
 
     boot.bootfs = finder.wait(boot.uevents, s.timeout, s.bootfs_hint, lambda: _retrigger(boot))
     boot.uevents.close()
@@ -377,7 +371,7 @@ def plan_values(boot: Boot) -> dict[str, object]:
                         "(NBD_CMD_CONNECT); probe the nbd device" if s and s.bootfs.nbd
                         else f"wait up to {s.timeout if s else 30.0:g} s for "
                         f"{s.bootfs if s else '?'} (hint: {hint}), "
-                        "loading drivers by modalias (--systemd: udevd does)"),
+                        "loading drivers by modalias"),
         "init": " then ".join(filter(None, (s.init if s else None, "/init", "/sbin/init"))),
     }
 
@@ -400,7 +394,7 @@ STEPS = (
          "load the module signatures' hash (when shipped), then loop, fs-{fstype} and "
          "overlay from {modules} (built-in is fine)", "{modules}"),
     step("trigger", trigger,
-         "open the uevent socket; trigger add for {subsystems} (--systemd: udevd did)",
+         "open the uevent socket; trigger add for {subsystems}",
          "udev_trigger in {config}"),
     step("bring-up-network", bring_up_network,
          "{network}", "ip= on the kernel command line or ip in {config}"),

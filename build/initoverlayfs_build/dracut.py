@@ -15,8 +15,9 @@ from .ui import Ui
 
 MODULE = "initoverlayfs"
 MODULES_D = Path("/usr/lib/dracut/modules.d")
-# systemd mode: the initrd runs systemd and udevd, and storage-init as initoverlayfs.service.
-SYSTEMD_MODULES = ("systemd", "systemd-udevd", "udev-rules")
+# systemd mode: the initrd runs systemd, and storage-init as initoverlayfs.service, which
+# triggers and loads the storage drivers itself: no udevd (see initoverlayfs.service).
+SYSTEMD_MODULES = ("systemd",)
 # Our compression names -> dracut's. dracut's lz4 also writes the legacy frame.
 COMPRESS = {"zstd": "zstd", "lz4": "lz4", "gzip": "gzip", "xz": "xz"}
 
@@ -51,8 +52,8 @@ def content(ui: Ui, sysroot: Path, kver: str, hostonly: bool, target: Path) -> P
 
 def mini_initramfs(ui: Ui, *, sysroot: Path, kver: str, systemd: bool, frozen: Path,
                    drivers: list[str], config: Path, compress: str, target: Path) -> Path:
-    """The mini-initramfs made by dracut with only our module (plus systemd and udev in
-    systemd mode). The drivers are the builder's own selection, host-only or generic, so
+    """The mini-initramfs made by dracut with only our module (plus systemd in systemd
+    mode). The drivers are the builder's own selection, host-only or generic, so
     both ways of making the mini-initramfs carry the same modules."""
     dracut = need("dracut", "to make the mini-initramfs with dracut")
     modules = [*(SYSTEMD_MODULES if systemd else ()), MODULE]

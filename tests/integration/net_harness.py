@@ -36,7 +36,7 @@ def main(scenario: str) -> None:
     started = time.monotonic()
     try:
         index = network.wait_interface(kernel, log, loader, uevents, name, "/sys",
-                                       kernel.monotonic() + 1.5, True, lambda: None)
+                                       kernel.monotonic() + 1.5, lambda: None)
         network.bring_up(kernel, log, config, index, kernel.monotonic() + 1.5)
     except BootError as exc:
         print(json.dumps({"error": str(exc), "took": time.monotonic() - started}))

@@ -443,7 +443,7 @@ def test_the_interface_is_awaited_loading_nic_drivers_by_modalias() -> None:
         (0.75, b"add@/devices/pci/virtio1/net/eth0\0ACTION=add\0SUBSYSTEM=net\0INTERFACE=eth0",
          appear)])
     index = network.wait_interface(kernel, Quiet(), loader, None, "eth0", "/sys", 5.0,  # type: ignore[arg-type]  # Log and Loader stand-ins
-                                   True, lambda: None)
+                                   lambda: None)
     assert index == 2 and loader.asked == ["virtio:d00000001v00001AF4"] and kernel.now == 0.75
 
 
@@ -453,7 +453,7 @@ def test_a_missing_interface_lists_what_is_there() -> None:
     with pytest.raises(BootError, match=r"find the network interface eth9 \(interfaces seen: "
                                         r"eth0, lo; drivers loaded: none\)"):
         network.wait_interface(kernel, Quiet(), NoModules(), None, "eth9", "/sys", 2.0,  # type: ignore[arg-type]  # Log and Loader stand-ins
-                               True, lambda: None)
+                               lambda: None)
 
 
 SERVED = GREETING + info_export(64 << 20, 1 | nbdproto.TRANSMIT_READ_ONLY) + reply(
