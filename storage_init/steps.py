@@ -57,8 +57,9 @@ def mount_api(boot: Boot) -> None:
 
 def open_log(boot: Boot) -> None:
     kernel, log = boot.kernel, boot.log
-    if boot.mode != RDINIT:
-        return  # a service's stderr already goes to the journal
+    # Both modes: the mini-initramfs of systemd mode runs no journald (see
+    # initoverlayfs.service); the journald of the initrd in the image reads kmsg from the
+    # start, so these lines reach the journal as in rdinit mode.
     try:
         log.kmsg_fd = kernel.open(f"{boot.paths.dev}/kmsg", os.O_WRONLY)
     except OSError as exc:
