@@ -2,9 +2,9 @@
 
 Block devices are found in /sys/block (disks, and their partitions as subdirectories) and
 probed through their devtmpfs nodes: filesystem UUID/LABEL from the superblock, PARTUUID and
-PARTLABEL from the disk's partition table. When udevd runs (--systemd mode) its
-/dev/disk/by-* links are used first. Uevents do two jobs while waiting: a MODALIAS means a
-driver to load, a block add/change means something new to probe.
+PARTLABEL from the disk's partition table (no udevd runs in either mode, so no
+/dev/disk/by-* links exist). Uevents do two jobs while waiting: a MODALIAS means a driver to
+load, a block add/change means something new to probe.
 
 Drivers are loaded one at a time, only while no uevent is queued, deepest device first: every
 block device the last load made is probed before the next driver is loaded, and the chain
@@ -148,8 +148,8 @@ class Finder:
         return found
 
     def scan(self) -> BlockDevice | None:
-        # A /dev path, or udevd's by-* link in --systemd mode, names the device directly.
-        link = self.spec.value if self.spec.kind == "PATH" else self.spec.udev_link(self.dev)
+        # A /dev path names the device directly.
+        link = self.spec.value if self.spec.kind == "PATH" else None
         target = None
         if link and self.kernel.exists(link):
             target = self.kernel.realpath(link).rsplit("/", 1)[-1]

@@ -7,14 +7,6 @@ from .netconf import NbdTarget, parse_nbd
 from .record import record
 
 KINDS = ("UUID", "LABEL", "PARTUUID", "PARTLABEL")
-_BY_DIR = {
-    "UUID": "by-uuid",
-    "LABEL": "by-label",
-    "PARTUUID": "by-partuuid",
-    "PARTLABEL": "by-partlabel",
-}
-# Characters udev leaves alone in /dev/disk/by-* names; everything else becomes \xNN.
-_PLAIN = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#+-.:=@_")
 
 
 class SpecError(ValueError):
@@ -49,19 +41,6 @@ class DeviceSpec:
             return partlabel == self.value
         return False
 
-    def udev_link(self, dev: str = "/dev") -> str | None:
-        """The /dev/disk/by-* symlink udevd would make for this spec (systemd mode)."""
-        if self.kind in ("PATH", "NBD"):
-            return None
-        value = self.value.lower() if self.kind in ("UUID", "PARTUUID") else self.value
-        return f"{dev}/disk/{_BY_DIR[self.kind]}/{udev_encode(value)}"
-
-
-def udev_encode(name: str) -> str:
-    return "".join(
-        c if c in _PLAIN or ord(c) > 127 else "".join(f"\\x{b:02x}" for b in c.encode())
-        for c in name
-    )
 
 
 def parse_spec(text: str) -> DeviceSpec:

@@ -2,8 +2,8 @@
 
 Devices that appeared before storage-init started listening announced themselves to nobody;
 writing `add` to their sysfs `uevent` file makes the kernel send the event again, with its
-MODALIAS, so the same event loop that handles hotplug also does coldplug. In --systemd mode
-udevd hears the same events and makes the /dev/disk/by-* links.
+MODALIAS, so the same event loop that handles hotplug also does coldplug (in both modes: the
+mini-initramfs runs no udevd).
 
 pyudev enumerates (through the syscall boundary, see Kernel.udev_devices), imported here by
 `import_pyudev` with stand-ins for what it imports and storage-init never uses. If libudev

@@ -71,7 +71,7 @@ def test_nbd_specs_and_their_defaults() -> None:
     assert spec == DeviceSpec("NBD", "10.0.2.100:10809/boot")
     assert str(spec) == "nbd:10.0.2.100:10809/boot"
     assert spec.nbd == NbdTarget("10.0.2.100", 10809, "boot")
-    assert spec.udev_link() is None and parse_spec("LABEL=x").nbd is None
+    assert parse_spec("LABEL=x").nbd is None
     assert not spec.matches("x", "x", "x", "x")
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from storage_init.cmdline import flag, last_value, parse_cmdline
 from storage_init.config import DEFAULT_SUBSYSTEMS, Config, ConfigError, parse_config
-from storage_init.devspec import DeviceSpec, SpecError, parse_spec, udev_encode
+from storage_init.devspec import DeviceSpec, SpecError, parse_spec
 from storage_init.mounts import parse_mountinfo
 from storage_init.settings import resolve
 from storage_init.uevent import parse_uevent
@@ -200,13 +200,6 @@ def test_specs(text: str, spec: DeviceSpec) -> None:
 def test_bad_specs(text: str) -> None:
     with pytest.raises(SpecError):
         parse_spec(text)
-
-
-def test_udev_link_names_match_udevs_encoding() -> None:
-    assert udev_encode("my boot/1") == "my\\x20boot\\x2f1"
-    assert DeviceSpec("LABEL", "my boot").udev_link() == "/dev/disk/by-label/my\\x20boot"
-    assert DeviceSpec("UUID", "ABC").udev_link() == "/dev/disk/by-uuid/abc"
-    assert DeviceSpec("PATH", "/dev/sda").udev_link() is None
 
 
 # --- mountinfo and uevents ----------------------------------------------------------------
