@@ -62,6 +62,14 @@ install() {
             "$systemdsystemunitdir"/initoverlayfs-switch-root.service \
             "$systemdsystemunitdir"/initoverlayfs-switch-root.target
         $SYSTEMCTL -q --root "$initdir" set-default initoverlayfs.target
+        # Mask the generators that find and mount a root (fstab, GPT auto-discovery): here
+        # storage-init does that part and the initrd in the image mounts the real root, so
+        # they only cost systemd's start two processes. The debug generator stays
+        # (systemd.mask=, rd.systemd.unit=, systemd.debug_shell).
+        mkdir -p "$initdir/etc/systemd/system-generators"
+        for generator in systemd-fstab-generator systemd-gpt-auto-generator; do
+            ln -sf /dev/null "$initdir/etc/systemd/system-generators/$generator"
+        done
         # systemd only runs as an initrd, and only allows switch-root, with initrd-release.
         if [[ ! -e $initdir/etc/initrd-release ]]; then
             mkdir -p "$initdir/usr/lib"
