@@ -9,6 +9,7 @@ import time
 ENTERED = time.clock_gettime(time.CLOCK_BOOTTIME)
 
 import gc  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 # No cyclic garbage collection: storage-init runs for well under a second, creates few
@@ -18,4 +19,10 @@ gc.disable()
 
 from storage_init.main import main  # noqa: E402
 
-sys.exit(main(entered=ENTERED))
+code = main(entered=ENTERED)
+# Out without the interpreter's finalization, which tears down every module for nobody: in
+# systemd mode the switch root waits for this process to end. The log went out unbuffered;
+# what print() buffered (--help, --dry-run) is flushed first.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
