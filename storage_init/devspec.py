@@ -42,7 +42,6 @@ class DeviceSpec:
         return False
 
 
-
 def parse_spec(text: str) -> DeviceSpec:
     text = text.strip()
     if "\0" in text:
