@@ -78,7 +78,7 @@ class Finder:
                  sysfs: str = "/sys", dev: str = "/dev", load_drivers: bool = True) -> None:
         self.kernel, self.log, self.loader, self.spec = kernel, log, loader, spec
         self.sysfs, self.dev = sysfs, dev
-        self.load_drivers = load_drivers  # for each add uevent's MODALIAS (not with udevd)
+        self.load_drivers = load_drivers  # for each add uevent's MODALIAS (not for NBD)
         self.seen: dict[str, BlockDevice] = {}
         self._tables: dict[str, dict[int, Partition]] = {}
         # (-depth of the device in sysfs, arrival, MODALIAS) of the drivers still to load
