@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import encodings
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -467,11 +468,22 @@ def default_frozen(ui: Ui, network: bool = False, arch: Arch | None = None) -> F
     if native and (installed / BINARY).is_file() and not (
             Path(storage_init.__file__).resolve().parents[1] / "pyproject.toml").is_file():
         return Frozen(installed, folder_size(installed), 0.0)
-    folder = cache_dir(network, arch)
-    if is_current(folder, network=network, arch=arch):
-        ui.info(f"reusing frozen storage-init in {folder} (sources unchanged)")
-        return Frozen(folder, folder_size(folder), 0.0)
-    return freeze(ui, folder, network=network, arch=arch)
+    return current_or_freeze(ui, cache_dir(network, arch), network=network, arch=arch)
+
+
+def current_or_freeze(ui: Ui, folder: Path, network: bool = False,
+                      arch: Arch | None = None) -> Frozen:
+    """`folder` as it is when it was frozen from the same sources, else frozen again. One
+    process at a time (an flock beside the folder): two builds started together (the test
+    tiers and their background machines, two terminals) freeze once, and neither swaps the
+    folder away while the other reads it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / f".{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_current(folder, network=network, arch=arch):
+            ui.info(f"reusing frozen storage-init in {folder} (sources unchanged)")
+            return Frozen(folder, folder_size(folder), 0.0)
+        return freeze(ui, folder, network=network, arch=arch)
 
 
 def has_network(folder: Path) -> bool:
@@ -514,10 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         arch = named_arch(args.arch) if args.arch else host_arch()
         output = (args.output or cache_dir(args.network, arch)).absolute()
-        if args.if_changed and is_current(output, network=args.network, arch=arch):
-            ui.info(f"{output} is current; nothing to do")
-            return 0
-        frozen = freeze(ui, output, network=args.network, arch=arch)
+        frozen = (current_or_freeze(ui, output, network=args.network, arch=arch)
+                  if args.if_changed else freeze(ui, output, network=args.network, arch=arch))
+        if not frozen.seconds:
+            return 0  # --if-changed, and it was current (said by current_or_freeze)
     except BuildError as exc:
         print(f"initoverlayfs-freeze: error: {exc}", file=sys.stderr)
         return 1
