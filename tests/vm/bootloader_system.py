@@ -127,22 +127,34 @@ def base_key(machine: str) -> str:
 
 def debootstrapped(suite: str) -> Path:
     """debootstrap's tree of `suite` (minbase with systemd), made once for the machines that
-    start from it (both Debian 13 machines: a cold cache debootstraps once, not twice). Called
-    under base_disk's lock."""
+    start from it (both Debian 13 machines: a cold cache debootstraps once, not twice, even
+    when both machines are made at once: under a lock of its own)."""
     key = hashlib.sha256("\n".join([suite, debian_system.MIRROR, *debian_system.BASE,
                                      "v1"]).encode()).hexdigest()[:12]
     done = CACHE / f"debootstrap-{suite}-{key}"
-    if done.is_dir():
+    with _locked(f"debootstrap-{suite}"):
+        if done.is_dir():
+            return done
+        for stale in CACHE.glob(f"debootstrap-{suite}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = CACHE / f"partial-debootstrap-{suite}"
+        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(["debootstrap", "--variant=minbase",
+                        f"--include={','.join(debian_system.BASE)}", suite, str(partial),
+                        debian_system.MIRROR], check=True, capture_output=True)
+        partial.rename(done)
         return done
-    for stale in CACHE.glob(f"debootstrap-{suite}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    partial = CACHE / f"partial-debootstrap-{suite}"
-    shutil.rmtree(partial, ignore_errors=True)
-    subprocess.run(["debootstrap", "--variant=minbase",
-                    f"--include={','.join(debian_system.BASE)}", suite, str(partial),
-                    debian_system.MIRROR], check=True, capture_output=True)
-    partial.rename(done)
-    return done
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """One maker at a time of one cached thing (each machine's disk, each suite's tree): the
+    machines are made two at a time (machines.py), and a second test run may share the
+    cache."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f".lock-{name}").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def base_tree(machine: str, root: Path) -> None:
@@ -305,10 +317,8 @@ exec chroot {mnt} /bin/sh -c "$0"
 def base_disk(machine: str) -> Path:
     """The disk with Debian, its classic initramfs and its bootloader installed, cached by
     content."""
-    CACHE.mkdir(parents=True, exist_ok=True)
     done = CACHE / f"{machine}-{base_key(machine)}.img"
-    with (CACHE / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(machine):
         if done.exists():
             return done
         for stale in CACHE.glob(f"{machine}-*.img"):
