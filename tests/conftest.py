@@ -18,3 +18,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{NEEDS_ROOT}, and CI must run every tier")
     pytest.skip(NEEDS_ROOT)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The bootloader tests' Debian machines start now, in the background (tests/vm/
+    machines.py), when the session has collected their tests and -m does not leave them out:
+    their boots then overlap the tiers before them."""
+    from tests.vm import machines
+
+    selected = [item for item in session.items if "vm" in item.keywords]
+    if selected and not session.config.option.collectonly:
+        machines.RUNNER.start(machines.machines_of(selected))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.vm import machines
+
+    machines.RUNNER.stop()

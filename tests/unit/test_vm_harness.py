@@ -1,7 +1,14 @@
-"""The VM tier's reading of the serial console, on a console captured from a real boot."""
+"""The VM tier's harness: its reading of the serial console (on a console captured from a real
+boot), and its background machines' bookkeeping."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from pytest_mock import MockerFixture
+
+from tests.vm import machines
 from tests.vm.qemu import BootResult
 from tests.vm.scenarios import result_of, timings_of
 
@@ -20,3 +27,27 @@ def test_a_kernel_message_inside_the_report_is_taken_out() -> None:
     assert result_of(run) == {"pid": 1, "init": "/sbin/init", "args": "", "uptime": 6.06,
                               "root": "overlay initoverlayfs rw", "boot": "ext4 /dev/nbd0 ro"}
     assert timings_of(run) == {"version": 1, "steps": []}
+
+
+def test_a_background_machine_keeps_its_stages_and_says_why_the_next_did_not_run(
+        mocker: MockerFixture, tmp_path: Path) -> None:
+    """machines.py: the fallback boot's preparation fails; the install and the first boot stay
+    for their tests, and the tests of the later stages fail with that error, not a None."""
+    first = BootResult("REPORT END", 0, 1.0, [])
+    mocker.patch.object(machines, "installed_disk", return_value=(tmp_path / "disk", "apt log"))
+    installed = machines.Installed("apt log", "6.1.0-57-amd64", [], set(), "", {})
+    mocker.patch.object(machines, "_installed", return_value=installed)
+    mocker.patch.object(machines, "_power_on", return_value=first)
+    mocker.patch.object(machines, "_corrupt_image", side_effect=RuntimeError("no image"))
+    mocker.patch("tempfile.mkdtemp", return_value=str(tmp_path))
+    runner = machines.Machines()
+    mocker.patch.object(runner, "_package", return_value=tmp_path / "initoverlayfs.deb")
+    runner.start(["bookworm", "not-a-machine"])
+    run = runner.result("bookworm")
+    assert run.installed is installed and run.first is first
+    assert run.fallback is None and run.removed is None
+    with pytest.raises(pytest.fail.Exception, match=r"fallback boot did not run: (.|\n)*no image"):
+        run.need(run.fallback, "the fallback boot")
+    with pytest.raises(pytest.fail.Exception, match="not among the machines"):
+        runner.result("trixie")
+    runner.stop()

@@ -29,7 +29,7 @@ from storage_init.boot import SYSTEMD
 from storage_init.steps import steps_for
 from tests.support import bootfiles
 
-from . import debian_system
+from . import debian_system, machines
 from .debian_system import BOOT_UUID, ROOT_UUID, System, chroot, parse_report
 from .qemu import ICOUNT, BootResult, VmSpec, boot
 
@@ -78,6 +78,9 @@ def rounds(system: System) -> dict[str, list[BootResult]]:
     """ROUNDS boots of each way, interleaved; the disk is a snapshot, so each boot starts from
     the same state. A way whose boot failed is not booted again: its first failure is what
     the tests report, and a hung boot costs one timeout, not ROUNDS of them."""
+    # alone: the bootloader tests' machines, in the background since the session began
+    # (machines.py), have ended before the first measured boot
+    machines.RUNNER.wait()
     results: dict[str, list[BootResult]] = {mode: [] for mode in MODES}
     for round_ in range(ROUNDS):
         for mode in MODES if round_ % 2 == 0 else tuple(reversed(MODES)):

@@ -16,81 +16,28 @@ One machine, one disk that its boots write to, in that order."""
 
 from __future__ import annotations
 
-import base64
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from initoverlayfs_build import pair
 
-from .bootloader_system import ACTION, ESP, SYSTEMD_BOOT, edit_disk, installed_disk
-from .qemu import BootResult, VmSpec, boot, uefi_vars
-from .test_bootloader import (
-    RUN_TIMEOUT,
-    STORAGE_INIT_FAILED,
-    deb,
-    kver_of,
-    module_names,
-    reports,
-    work,
-)
+from .bootloader_system import SYSTEMD_BOOT
+from .machines import RUNNER, MachineRun, reports
+from .test_bootloader import STORAGE_INIT_FAILED
 
 pytestmark = pytest.mark.vm
-__all__ = ["deb", "work"]  # the fixtures, shared with test_bootloader
 
 
 @pytest.fixture(scope="module")
-def machine(work: Path, deb: Path) -> Iterator[tuple[Path, str]]:
-    disk, log = installed_disk(work, deb, SYSTEMD_BOOT)
-    try:
-        yield disk, log
-    finally:
-        disk.unlink()
-
-
-def power_on(disk: Path, work: Path) -> BootResult:
-    """Boot through OVMF until the machine powers off; a reboot starts it again."""
-    spec = VmSpec(None, None, disk, memory_mb=1024, timeout=RUN_TIMEOUT, snapshot=False,
-                  reboot=True, uefi_vars=uefi_vars(work))
-    return boot(spec)
-
-
-def entries(disk: Path) -> dict[str, str]:
-    """The ESP's loader entries: file name -> content."""
-    out = edit_disk(disk, f"cd $ROOT{ESP}/loader/entries && for f in *.conf; do "
-                          "echo \"=== $f\"; cat \"$f\"; done")
-    return {name: body for name, body in re.findall(r"^=== (\S+)\n(.*?)(?=^=== |\Z)", out,
-                                                    re.M | re.S)}
-
-
-@pytest.fixture(scope="module")
-def first(machine: tuple[Path, str], work: Path) -> BootResult:
-    return power_on(machine[0], work)
-
-
-@pytest.fixture(scope="module")
-def fallback(machine: tuple[Path, str], work: Path, first: BootResult) -> BootResult:
-    disk = machine[0]
-    kver = kver_of(disk)
-    (image,) = [n for n in edit_disk(disk, "ls $ROOT/boot").split() if pair.is_image_of(n, kver)]
-    edit_disk(disk, f"printf '\\377' | dd of=$ROOT/boot/{image} bs=1 seek=1024 "
-                    "conv=notrunc status=none")
-    return power_on(disk, work)
-
-
-@pytest.fixture(scope="module")
-def removed(machine: tuple[Path, str], work: Path, fallback: BootResult) -> BootResult:
-    disk = machine[0]
-    edit_disk(disk, f"echo 'apt-get remove -y initoverlayfs' > $ROOT{ACTION}")
-    return power_on(disk, work)
+def machine_run() -> MachineRun:
+    """The machine's whole run (machines.py: in the background since the session began)."""
+    return RUNNER.result(SYSTEMD_BOOT)
 
 
 def test_apt_install_adds_a_counted_entry_before_the_classic_one(
-        machine: tuple[Path, str]) -> None:
-    disk, log = machine
-    kver = kver_of(disk)
-    found = entries(disk)
+        machine_run: MachineRun) -> None:
+    installed = machine_run.need(machine_run.installed, "install")
+    kver, found, log = installed.kver, installed.entries, installed.log
     ours = [name for name in found if "-initoverlayfs" in name]
     classic = [name for name in found if "-initoverlayfs" not in name]
     assert len(ours) == 1 and ours[0].endswith(f"-{kver}-initoverlayfs+1.conf"), (found, log)
@@ -107,15 +54,15 @@ def test_apt_install_adds_a_counted_entry_before_the_classic_one(
                                                                      classic_body, re.M), key
     assert f"version {kver} (initoverlayfs)" in body.splitlines(), body
     assert re.search(r"^title .* \(initoverlayfs\)$", body, re.M), body
-    mini = edit_disk(disk, f"cat $ROOT{ESP}/{token}/{kver}/initoverlayfs.img | base64 -w0")
-    modules = module_names(base64.b64decode(mini))
+    modules = installed.mini_modules  # the ESP's initoverlayfs.img
     assert {"virtio_blk", "ahci", "nvme"} <= modules, modules  # built in a chroot
-    names = edit_disk(disk, "ls $ROOT/boot").split()
+    names = installed.boot_files
     assert len([n for n in names if pair.is_image_of(n, kver)]) == 1, names
 
 
 def test_systemd_boot_boots_through_initoverlayfs_and_gives_the_try_back(
-        first: BootResult) -> None:
+        machine_run: MachineRun) -> None:
+    first = machine_run.need(machine_run.first, "the first boot")
     (report,) = reports(first)
     assert report["state"] == ["running"], first.describe()
     assert report["storage-init"] == ["1"], first.describe()
@@ -127,7 +74,8 @@ def test_systemd_boot_boots_through_initoverlayfs_and_gives_the_try_back(
 
 
 def test_a_corrupt_image_falls_back_to_the_classic_entry_by_itself(
-        fallback: BootResult) -> None:
+        machine_run: MachineRun) -> None:
+    fallback = machine_run.need(machine_run.fallback, "the fallback boot")
     failed = re.search(STORAGE_INIT_FAILED, fallback.console)
     assert failed, fallback.describe()
     assert "rebooting in" in fallback.console[failed.end():], fallback.describe()
@@ -143,7 +91,8 @@ def test_a_corrupt_image_falls_back_to_the_classic_entry_by_itself(
     assert "next boot: the classic initramfs" in report["boot-status"][0], report
 
 
-def test_apt_remove_leaves_nothing_on_the_esp_or_boot(removed: BootResult) -> None:
+def test_apt_remove_leaves_nothing_on_the_esp_or_boot(machine_run: MachineRun) -> None:
+    removed = machine_run.need(machine_run.removed, "the boot after apt-get remove")
     before, after = reports(removed)
     assert before["action-exit"] == ["0"], removed.describe()
     assert after["state"] == ["running"], removed.describe()
