@@ -50,8 +50,11 @@ from .qemu import BootResult, VmSpec, boot, uefi_vars
 # longest make); Debian 13's GRUB machine makes the Debian 13 tree its systemd-boot one reuses.
 ORDER = (*SUITES, SYSTEMD_BOOT)
 WORKERS = 2  # this machine's cores: two QEMUs, or a QEMU and an apt run
-# A Debian boot takes 40-60 s here under TCG; a run holds up to three boots and an apt run.
-RUN_TIMEOUT = 900
+# A Debian boot takes 40-60 s here under TCG; a run holds up to two boots and an apt run,
+# and in a cold run shares the two cores with the tiers and the other machine. With 900 s,
+# one cold run (the arm64 freeze under qemu-user beside two machines) lost a run's second
+# boot: most likely this timeout.
+RUN_TIMEOUT = 1800
 T = TypeVar("T")
 
 
@@ -85,9 +88,12 @@ class MachineRun:
         return value
 
 
-def reports(run: BootResult) -> list[dict[str, list[str]]]:
-    """One report per boot that reached the report unit, in order."""
-    return [parse_report(part) for part in run.console.split("REPORT END")[:-1]]
+def reports(run: BootResult, expected: int) -> list[dict[str, list[str]]]:
+    """One report per boot that reached the report unit, in order: `expected` of them, or
+    the test fails with the run's whole console (a boot that never reached its report)."""
+    found = [parse_report(part) for part in run.console.split("REPORT END")[:-1]]
+    assert len(found) == expected, f"{len(found)} reports, not {expected}: {run.describe()}"
+    return found
 
 
 def module_names(mini: bytes) -> set[str]:

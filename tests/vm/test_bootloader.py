@@ -61,7 +61,7 @@ def test_apt_install_builds_the_pair_and_grub_boots_it_by_default(
 def test_the_default_entry_boots_through_initoverlayfs_and_is_marked_good(
         machine_run: MachineRun) -> None:
     first = machine_run.need(machine_run.first, "the first boot")
-    (report,) = reports(first)
+    (report,) = reports(first, 1)
     assert report["state"] == ["running"], first.describe()
     assert report["storage-init"] == ["1"], first.describe()
     assert report["grubenv"] == [""], first.describe()  # "trying" cleared
@@ -77,7 +77,7 @@ def test_a_corrupt_image_falls_back_to_the_classic_initramfs_by_itself(
     failed = re.search(STORAGE_INIT_FAILED, fallback.console)
     assert failed, fallback.describe()
     assert "rebooting in" in fallback.console[failed.end():], fallback.describe()
-    (report,) = reports(fallback)  # the failed boot reached no report; the classic one did
+    (report,) = reports(fallback, 1)  # the failed boot reached no report; the classic one did
     assert report["state"] == ["running"], fallback.describe()
     assert report["storage-init"] == ["0"], fallback.describe()
     assert report["grubenv"] == ["initoverlayfs_boot=failed"], report
@@ -88,7 +88,7 @@ def test_a_corrupt_image_falls_back_to_the_classic_initramfs_by_itself(
 
 def test_apt_remove_gives_the_classic_boot_back(machine_run: MachineRun) -> None:
     removed = machine_run.need(machine_run.removed, "the boot after apt-get remove")
-    before, after = reports(removed)
+    before, after = reports(removed, 2)
     assert before["action-exit"] == ["0"], removed.describe()
     assert after["state"] == ["running"], removed.describe()
     assert after["storage-init"] == ["0"]

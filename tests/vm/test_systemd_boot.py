@@ -63,7 +63,7 @@ def test_apt_install_adds_a_counted_entry_before_the_classic_one(
 def test_systemd_boot_boots_through_initoverlayfs_and_gives_the_try_back(
         machine_run: MachineRun) -> None:
     first = machine_run.need(machine_run.first, "the first boot")
-    (report,) = reports(first)
+    (report,) = reports(first, 1)
     assert report["state"] == ["running"], first.describe()
     assert report["storage-init"] == ["1"], first.describe()
     assert "-initoverlayfs" in report["loader-selected"][0], (report, first.describe())
@@ -79,7 +79,7 @@ def test_a_corrupt_image_falls_back_to_the_classic_entry_by_itself(
     failed = re.search(STORAGE_INIT_FAILED, fallback.console)
     assert failed, fallback.describe()
     assert "rebooting in" in fallback.console[failed.end():], fallback.describe()
-    (report,) = reports(fallback)
+    (report,) = reports(fallback, 1)
     assert report["state"] == ["running"], fallback.describe()
     assert report["storage-init"] == ["0"], fallback.describe()
     selected = report["loader-selected"][0]  # read from systemd-boot's EFI variable
@@ -93,7 +93,7 @@ def test_a_corrupt_image_falls_back_to_the_classic_entry_by_itself(
 
 def test_apt_remove_leaves_nothing_on_the_esp_or_boot(machine_run: MachineRun) -> None:
     removed = machine_run.need(machine_run.removed, "the boot after apt-get remove")
-    before, after = reports(removed)
+    before, after = reports(removed, 2)
     assert before["action-exit"] == ["0"], removed.describe()
     assert after["state"] == ["running"], removed.describe()
     assert after["storage-init"] == ["0"]
