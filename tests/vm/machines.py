@@ -187,7 +187,10 @@ class Machines:
         self._stopping.set()
         for run in self._runs.values():
             run.cancel()
-        _kill_our_qemus()
+        # only while one of this runner's own runs is under way: a QEMU of another runner
+        # (the unit tier's) must live on
+        if not all(run.done() for run in self._runs.values()):
+            _kill_our_qemus()
         self._pool.shutdown(wait=True)
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)
