@@ -20,6 +20,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(NEEDS_ROOT)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The bootloader tests go last. They only read what their machines, booting in the
+    background since collection, left; run in their place they would hold the session until
+    those machines end, while the Debian system test's preparation and power cut, which need
+    no quiet machine, could run beside them."""
+    from tests.vm import machines
+
+    items.sort(key=machines.reads_a_machine)  # stable: the rest keep their order
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The bootloader tests' Debian machines start now, in the background (tests/vm/
     machines.py), when the session has collected their tests and -m does not leave them out:

@@ -51,3 +51,21 @@ def test_a_background_machine_keeps_its_stages_and_says_why_the_next_did_not_run
     with pytest.raises(pytest.fail.Exception, match="not among the machines"):
         runner.result("trixie")
     runner.stop()
+
+
+def test_the_tests_that_read_a_background_machine_run_last_and_the_rest_keep_their_order(
+        ) -> None:
+    """conftest's collection hook: test_bootloader's and test_systemd_boot's tests move behind
+    the Debian system test (whose power cut then runs beside the machines); nothing else
+    moves."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from tests.conftest import pytest_collection_modifyitems
+
+    ids = ["tests/unit/test_a.py::test_x", "tests/vm/test_bootloader.py::test_y[bookworm]",
+           "tests/vm/test_boot.py::test_z", "tests/vm/test_debian_system.py::test_power_cut",
+           "tests/vm/test_systemd_boot.py::test_w", "tests/vm/test_debian_system.py::test_v"]
+    items = [cast(pytest.Item, SimpleNamespace(nodeid=nodeid)) for nodeid in ids]
+    pytest_collection_modifyitems(items)
+    assert [item.nodeid for item in items] == [ids[0], ids[2], ids[3], ids[5], ids[1], ids[4]]

@@ -51,10 +51,12 @@ from .qemu import BootResult, VmSpec, boot, uefi_vars
 ORDER = (*SUITES, SYSTEMD_BOOT)
 WORKERS = 2  # this machine's cores: two QEMUs, or a QEMU and an apt run
 # A Debian boot takes 40-60 s here under TCG; a run holds up to two boots and an apt run,
-# and in a cold run shares the two cores with the tiers and the other machine. With 900 s,
-# one cold run (the arm64 freeze under qemu-user beside two machines) lost a run's second
-# boot: most likely this timeout.
+# and in a cold run shares the two cores with the tiers and the other machine: 1800 s leaves
+# room for that. (A cold run that once lost a run's second boot with 900 s was not this
+# timeout: the unit tier's own runner had killed the session's QEMUs, see stop().)
 RUN_TIMEOUT = 1800
+# The test modules that read the machines' results (conftest puts their tests last)
+MODULES = ("test_bootloader.py", "test_systemd_boot.py")
 T = TypeVar("T")
 
 
@@ -264,13 +266,18 @@ def _kill_our_qemus() -> None:
 RUNNER = Machines()
 
 
+def reads_a_machine(item: pytest.Item) -> bool:
+    """The test checks what a background machine left (test_bootloader, test_systemd_boot)."""
+    return item.nodeid.split("::", 1)[0].endswith(MODULES)
+
+
 def machines_of(items: Iterable[pytest.Item]) -> set[str]:
     """The machines the collected tests need: test_bootloader's by their parameter."""
     needed: set[str] = set()
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        if module.endswith("test_bootloader.py") and isinstance(item, pytest.Function):
+        if module.endswith(MODULES[0]) and isinstance(item, pytest.Function):
             needed.add(str(item.callspec.params["machine_run"]))
-        elif module.endswith("test_systemd_boot.py"):
+        elif module.endswith(MODULES[1]):
             needed.add(SYSTEMD_BOOT)
     return needed
