@@ -12,6 +12,7 @@ from .errors import BootError
 from .log import Log
 from .record import field, record
 from .settings import NEW_ROOT, SCRATCH, Settings
+from .shared import LIST as SHARED_LIST
 
 if TYPE_CHECKING:
     import _socket
@@ -54,6 +55,8 @@ class Paths:
     # The boot report's place: on /run itself, which the real root keeps (the scratch tmpfs
     # goes with initoverlayfs-release.service); packaging/report/release-image reads it.
     report: str = "/run/log/initoverlayfs"
+    # the builder's list of the mini-initramfs's files that the image has byte for byte
+    shared: str = SHARED_LIST
 
     @property
     def timings(self) -> str:
@@ -82,6 +85,7 @@ class Boot:
     loop_fd: int | None = None  # held open until the image is mounted (autoclear)
     image_device: str | None = None  # what the image is mounted from: loop or dm-verity
     verified: Mapped | None = None  # the dm-verity device, until seal-verity
+    shared_layer: str | None = None  # the mini's files the image has too (share-files)
     timings: list[tuple[str, float]] = field(default_factory=list)
     finished: bool = False
 

@@ -12,8 +12,8 @@ import errno
 import os
 import stat
 
-from . import TYPE_CHECKING, loop, switchroot, udev, verity, veritydev
-from .boot import BOTH, RDINIT, Boot, Step
+from . import TYPE_CHECKING, loop, shared, switchroot, udev, verity, veritydev
+from .boot import BOTH, RDINIT, SYSTEMD, Boot, Step
 from .cmdline import flag, parse_cmdline
 from .config import Config, ConfigError, default_subsystems, parse_config
 from .devices import Finder
@@ -289,9 +289,40 @@ def mount_image(boot: Boot) -> None:
             boot.loop_fd = None
 
 
+def share_files(boot: Boot) -> None:
+    """The mini-initramfs's copies of the files the image holds byte for byte (the builder's
+    list: systemd and its libraries, in systemd mode) into a layer above the image. After the
+    switch root the image's systemd then maps them from memory instead of reading them from
+    the image and hashing them with dm-verity again. An optimisation only: a list that does
+    not make sense, or a copy that fails, leaves the image's own copies to serve."""
+    listing = boot.paths.shared
+    if not boot.kernel.exists(listing):
+        return
+    scratch = boot.paths.scratch
+    layer, lower = f"{scratch}/shared", f"{scratch}/lower"
+    try:
+        paths = shared.parse(boot.kernel.read_file(listing).decode())
+        boot.kernel.mkdir(layer)
+        for directory in shared.parents(paths):  # with the image's modes: the layer's win
+            mode = stat.S_IMODE(boot.kernel.stat(lower + directory).st_mode)
+            boot.kernel.mkdir(layer + directory, mode)
+        for path in paths:
+            boot.kernel.copy_file(path, layer + path,
+                                  stat.S_IMODE(boot.kernel.stat(path).st_mode))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        boot.log.warning(f"the image's own copies serve instead of the mini-initramfs's "
+                         f"({listing}): {exc}")
+        return
+    boot.shared_layer = layer
+    boot.log.info(f"{len(paths)} files of the mini-initramfs serve as the image's ({layer})")
+
+
 def mount_overlay(boot: Boot) -> None:
     scratch, new_root = boot.paths.scratch, boot.paths.new_root
-    layers = f"lowerdir={scratch}/lower,upperdir={scratch}/upper,workdir={scratch}/work"
+    lower = f"{scratch}/lower"
+    if boot.shared_layer is not None:  # above the image: overlay looks there first
+        lower = f"{boot.shared_layer}:{lower}"
+    layers = f"lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work"
     with failing(f"mount the overlay on {new_root}", "that the kernel has CONFIG_OVERLAY_FS"):
         boot.kernel.mkdir(new_root)
         try:
@@ -351,7 +382,7 @@ def plan_values(boot: Boot) -> dict[str, object]:
         "cmdline": boot.paths.cmdline, "config": boot.paths.config,
         "modules": f"{boot.paths.modules[0]}/"
                    f"{s.kver if s else boot.kernel.uname_release()}",
-        "scratch": boot.paths.scratch,
+        "scratch": boot.paths.scratch, "shared": boot.paths.shared,
         "new_root": boot.paths.new_root, "moves": "/boot /proc /dev /sys /run"
         if boot.mode == RDINIT else "/boot",
         "fstype": s.fstype if s else "erofs",
@@ -413,6 +444,10 @@ STEPS = (
     step("mount-image", mount_image,
          "mount the verity (or loop) device as {fstype} on {scratch}/lower",
          "fstype in {config} or rd.initoverlayfs.fstype="),
+    step("share-files", share_files,
+         "copy the files {shared} names (the image has them byte for byte) from the "
+         "mini-initramfs into {scratch}/shared, a layer above the image (none without it)",
+         "{shared}; rerun initoverlayfs-install", frozenset({SYSTEMD})),
     step("mount-overlay", mount_overlay, "mount overlay (volatile if supported) on {new_root}",
          "CONFIG_OVERLAY_FS"),
     step("move-mounts", move_mounts, "move {moves} into {new_root}", "the image's directories"),

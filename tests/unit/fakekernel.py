@@ -197,6 +197,13 @@ class FakeKernel:
         self._raise_if_planned("write", path)
         self.written.setdefault(path, []).append(data)
 
+    def copy_file(self, source: str, target: str, mode: int) -> None:
+        self.calls.append(("copy", source, target, mode))
+        self._raise_if_planned("copy", target)
+        if source not in self.files:
+            raise oserror(errno.ENOENT, source)
+        self.files[target] = self.files[source]
+
     def open(self, path: str, flags: int) -> int:
         self._raise_if_planned("open", path)
         if not self.exists(path):

@@ -151,3 +151,61 @@ def test_command_line_errors_give_usage_and_status_2(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == f"{cli.USAGE}\nstorage-init: error: {message}\n"
+
+
+SHARED = "/usr/lib/initoverlayfs/shared-files"
+LIBS = ("/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6")
+
+
+def with_shared_list(m: Machine, text: str) -> None:
+    """The mini-initramfs holds LIBS and the builder's list; the image has their folders."""
+    m.k.add_file(SHARED, text.encode())
+    for path in LIBS:
+        m.k.add_file(path, f"bytes of {path}".encode())
+    for folder in ("/usr", "/usr/lib", "/usr/lib/x86_64-linux-gnu",
+                   "/usr/lib/x86_64-linux-gnu/systemd"):
+        m.k.dirs.add(f"/run/initoverlayfs/lower{folder}")
+
+
+def overlay_options(m: Machine) -> str:
+    (data,) = [c[5] for c in m.k.recorded("mount") if c[3] == "overlay"]
+    return str(data)
+
+
+def test_systemd_mode_serves_the_listed_files_from_the_mini_initramfs_above_the_image(
+        machine: Machine) -> None:
+    """The image's systemd maps its libraries from the mini's copies after the switch root,
+    instead of reading them through dm-verity again."""
+    machine.k.pid = 412
+    with_shared_list(machine, "\n".join(LIBS) + "\n")
+    systemd_boot(machine)
+    copies = machine.k.recorded("copy")
+    assert [(c[1], c[2]) for c in copies] == [
+        (path, f"/run/initoverlayfs/shared{path}") for path in LIBS]
+    assert all(machine.k.files[c[2]] == machine.k.files[c[1]] for c in copies)
+    assert overlay_options(machine).startswith(
+        "lowerdir=/run/initoverlayfs/shared:/run/initoverlayfs/lower,")
+    assert "2 files of the mini-initramfs serve as the image's" in machine.kmsg()
+
+
+@pytest.mark.parametrize("trouble", ["a path outside /usr", "a failed copy"])
+def test_a_list_that_makes_no_sense_or_a_failed_copy_leaves_the_images_own_files(
+        machine: Machine, trouble: str) -> None:
+    machine.k.pid = 412
+    if trouble == "a failed copy":
+        with_shared_list(machine, "\n".join(LIBS) + "\n")
+        machine.k.errors[("copy", f"/run/initoverlayfs/shared{LIBS[1]}")] = [28]  # ENOSPC
+    else:
+        with_shared_list(machine, f"{LIBS[0]}\n/etc/shadow\n")
+    boot = systemd_boot(machine)
+    assert boot.finished and boot.shared_layer is None
+    assert overlay_options(machine).startswith("lowerdir=/run/initoverlayfs/lower,")
+    assert "the image's own copies serve instead of the mini-initramfs's" in machine.kmsg()
+
+
+def test_rdinit_mode_shares_nothing_even_with_a_list(machine: Machine) -> None:
+    with_shared_list(machine, "\n".join(LIBS) + "\n")
+    machine.boot()
+    assert not machine.k.recorded("copy")
+    assert overlay_options(machine).startswith("lowerdir=/run/initoverlayfs/lower,")
