@@ -32,6 +32,7 @@ from storage_init.verity import HASH_MODULE, Verity
 from . import (
     __version__,
     arch,
+    builtpair,
     compress,
     content,
     cpio,
@@ -46,6 +47,7 @@ from . import (
     mini,
     output,
     pair,
+    sharedfiles,
     verity,
     workdirs,
 )
@@ -331,6 +333,7 @@ class Image:
     path: Path  # in the work directory
     name: str  # its name in /boot
     tree: Verity | None
+    content: Path  # the folder it was made from (still there while the build runs)
 
 
 def build(ui: Ui, args: argparse.Namespace) -> Result | None:
@@ -537,7 +540,7 @@ def make_image(ui: Ui, plan: Plan, workdir: Path,
                 f"(+{tree_info.file_size - tree_info.hash_offset} bytes of hash tree)")
     name = image_name(plan.kver, pair.image_id(
         image, tree_info.root_hash if tree_info else None))
-    return Image(image, name, tree_info)
+    return Image(image, name, tree_info, tree)
 
 
 def make_mini_initramfs(ui: Ui, plan: Plan, modules: Modules, image: Image, workdir: Path,
@@ -554,10 +557,28 @@ def make_mini_initramfs(ui: Ui, plan: Plan, modules: Modules, image: Image, work
             frozen=inside, drivers=list(modules.names), config=config_file,
             compress=plan.method, target=workdir / "mini.img")
         mini = made.read_bytes()  # dracut adds early microcode itself
+        if plan.args.systemd:
+            return compress.finish(plan.method, plan.kver, mini) + shared_segment(
+                ui, plan, made, image)
     else:
         mini = cpio_mini_initramfs(ui, plan.method, plan.frozen, plan.libraries,
                                    modules.files, plan.kver, mini_config, unpacked)
     return compress.finish(plan.method, plan.kver, mini)
+
+
+def shared_segment(ui: Ui, plan: Plan, made: Path, image: Image) -> bytes:
+    """systemd mode: the list of the mini-initramfs's files that the image holds byte for
+    byte (systemd and its libraries), as a cpio segment to append (sharedfiles). Nothing
+    where the kernel would not unpack what follows dracut's archive: lz4 on a kernel that
+    does not read lz4's end mark (compress.finish)."""
+    if plan.method == "lz4" and not compress.reads_lz4_end_mark(plan.kver):
+        ui.info("no shared files: this kernel reads nothing after an lz4 archive")
+        return b""
+    with ui.step("listing the files the mini-initramfs and the image share"):
+        paths = sharedfiles.listing(builtpair.read_mini(ui, made).entries, image.content)
+    ui.info(f"{len(paths)} files of the mini-initramfs serve as the image's after the switch "
+            "root")
+    return sharedfiles.segment(paths, source_date_epoch()) if paths else b""
 
 
 def install_pair(ui: Ui, plan: Plan, image: Image, mini: bytes) -> None:
