@@ -29,6 +29,8 @@ from initoverlayfs_build import bootreport, initramfs, pair, svgplot
 from initoverlayfs_build.ui import Ui
 
 from storage_init.boot import SYSTEMD
+from storage_init.shared import LIST as SHARED_LIST
+from storage_init.shared import parse as parse_shared
 from storage_init.steps import steps_for
 from tests.support import bootfiles
 
@@ -248,6 +250,18 @@ def test_dracut_module_made_the_systemd_mode_mini_initramfs(system: System) -> N
                  f"lib/modules/{system.kver}/kernel/drivers/block/virtio_blk.ko"):
         assert name in entries or f"usr/{name}" in entries, name
     assert ".initoverlayfs-freeze" not in " ".join(entries)
+    # what storage-init serves from here after the switch root: systemd and its libraries,
+    # which the image (Debian's dracut initrd) holds byte for byte (the builder checked that)
+    shared = shared_files(loaded)
+    for name in ("/usr/lib/systemd/systemd", "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                 "/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"):
+        assert name in shared, (name, shared)
+    assert not any(path.startswith("/usr/lib/initoverlayfs/") for path in shared), shared
+
+
+def shared_files(entries: list[Any]) -> tuple[str, ...]:
+    (listing,) = [e for e in entries if e.name == SHARED_LIST.lstrip("/")]
+    return parse_shared(listing.data.decode())
 
 
 def test_a_power_cut_while_the_pair_is_replaced_leaves_a_disk_that_boots(
@@ -348,6 +362,10 @@ def test_systemd_mode_ran_storage_init_as_a_service_then_switched_root_into_the_
     assert "initoverlayfs.service: Triggering OnSuccess= dependencies" in mini, why(run)
     verified = f"storage-init: /boot/{debian_system.SYSTEMD_IMAGE} is verified by dm-verity"
     assert verified in console, why(run)
+    # systemd and its libraries came from the mini-initramfs's copies, above the image
+    served = re.search(r"storage-init: (\d+) files of the mini-initramfs serve as the image's",
+                       mini)
+    assert served and int(served.group(1)) >= 20, why(run)
     # every step of the mode and no more: no early mounts, switch root or exec
     steps = len(steps_for(SYSTEMD))
     assert re.search(rf"storage-init: {steps} steps in [\d.]+ ms", console), why(run)
