@@ -304,6 +304,9 @@ def share_files(boot: Boot) -> None:
         paths = shared.parse(boot.kernel.read_file(listing).decode())
         boot.kernel.mkdir(layer)
         for directory in shared.parents(paths):  # with the image's modes: the layer's win
+            if boot.kernel.realpath(lower + directory) != lower + directory:
+                # the layer's folder would hide the image's symlink and all behind it
+                raise ValueError(f"{directory} is a symlink in the image")
             mode = stat.S_IMODE(boot.kernel.stat(lower + directory).st_mode)
             boot.kernel.mkdir(layer + directory, mode)
         for path in paths:

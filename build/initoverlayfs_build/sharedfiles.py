@@ -29,6 +29,18 @@ def _plain(path: Path) -> os.stat_result | None:
     return st
 
 
+def _real_folders(content: Path, name: str) -> bool:
+    """Every folder on the way to `name` in the content is a folder, not a symlink: the
+    layer's folder would hide the image's symlink (a /usr/lib64 -> lib, say) and all it
+    leads to."""
+    folder = content
+    for part in name.split("/")[:-1]:
+        folder = folder / part
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+    return True
+
+
 def listing(entries: Iterable[cpio.Entry], content: Path) -> list[str]:
     """The mini-initramfs's regular files below usr/ that the image's content has at the same
     path with the same bytes, mode and owner. Not storage-init's own folder, nor the kernel's
@@ -42,7 +54,8 @@ def listing(entries: Iterable[cpio.Entry], content: Path) -> list[str]:
             continue
         theirs = content / entry.name
         st = _plain(theirs)
-        if (st is not None and st.st_size == len(entry.data)
+        if (st is not None and _real_folders(content, entry.name)
+                and st.st_size == len(entry.data)
                 and stat.S_IMODE(st.st_mode) == stat.S_IMODE(entry.mode)
                 and (st.st_uid, st.st_gid) == (entry.uid, entry.gid)
                 and theirs.read_bytes() == entry.data):

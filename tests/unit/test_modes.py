@@ -189,15 +189,21 @@ def test_systemd_mode_serves_the_listed_files_from_the_mini_initramfs_above_the_
     assert "2 files of the mini-initramfs serve as the image's" in machine.kmsg()
 
 
-@pytest.mark.parametrize("trouble", ["a path outside /usr", "a failed copy"])
+@pytest.mark.parametrize("trouble", ["a path outside /usr", "a failed copy",
+                                     "a folder that is a symlink in the image"])
 def test_a_list_that_makes_no_sense_or_a_failed_copy_leaves_the_images_own_files(
         machine: Machine, trouble: str) -> None:
     machine.k.pid = 412
     if trouble == "a failed copy":
         with_shared_list(machine, "\n".join(LIBS) + "\n")
         machine.k.errors[("copy", f"/run/initoverlayfs/shared{LIBS[1]}")] = [28]  # ENOSPC
-    else:
+    elif trouble == "a path outside /usr":
         with_shared_list(machine, f"{LIBS[0]}\n/etc/shadow\n")
+    else:  # the layer's /usr/lib64 folder would hide the image's /usr/lib64 -> lib
+        with_shared_list(machine, f"{LIBS[0]}\n/usr/lib64/libc.so.6\n")
+        machine.k.add_file("/usr/lib64/libc.so.6", b"libc")
+        machine.k.links["/run/initoverlayfs/lower/usr/lib64"] = "lib"
+        machine.k.dirs.add("/run/initoverlayfs/lower/usr/lib64")  # stat follows the link
     boot = systemd_boot(machine)
     assert boot.finished and boot.shared_layer is None
     assert overlay_options(machine).startswith("lowerdir=/run/initoverlayfs/lower,")

@@ -31,6 +31,7 @@ def test_the_list_names_the_minis_files_below_usr_the_image_has_byte_for_byte(
                               "usr/lib/modules/6.1.0/kernel/fs/ext4.ko": b"ko"})
     tree(content, {"usr/bin/tool": b"t"}, 0o700)
     (content / "usr/lib/link.so").symlink_to("libc.so.6")
+    (content / "usr/lib64").symlink_to("lib")
     mini = [entry("usr/lib/systemd/systemd", b"sd"), entry("usr/lib/libc.so.6", b"libc"),
             entry("usr/lib/other.so", b"ours"),  # other bytes
             entry("usr/lib/only-here.so", b"x"),  # not in the image
@@ -39,6 +40,7 @@ def test_the_list_names_the_minis_files_below_usr_the_image_has_byte_for_byte(
             entry("usr/lib/modules/6.1.0/kernel/fs/ext4.ko", b"ko"),  # a module
             entry("usr/bin/tool", b"t", 0o755),  # another mode
             entry("usr/lib/link.so", b"libc"),  # the image's is a symlink
+            entry("usr/lib64/libc.so.6", b"libc"),  # behind a symlinked folder in the image
             entry("usr/lib/dir", b"", 0o755, stat.S_IFDIR)]
     assert sharedfiles.listing(mini, content) == ["/usr/lib/libc.so.6",
                                                   "/usr/lib/systemd/systemd"]
