@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 
-# where the builder's dracut module writes the list in the mini-initramfs
+# where the list is in the mini-initramfs (the builder appends it as a cpio segment of its own)
 LIST = "/usr/lib/initoverlayfs/shared-files"
 
 
